@@ -1,0 +1,202 @@
+"""The one place that knows numpy from torch.
+
+Everything else in invhvp does arithmetic through the array-API namespace
+returned by :func:`namespace` (``array_api_compat``).  The few operations the
+standard lacks -- a Cholesky factorization that reports failure instead of
+raising library-specific errors, and triangular/Cholesky solves -- live here.
+
+Torch is imported lazily: invhvp works without it.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import array_api_compat
+import numpy as np
+
+from .errors import DeviceError, DTypeError, NonFiniteError, NotPositiveDefiniteError, ShapeError
+
+__all__ = [
+    "namespace",
+    "is_torch",
+    "device_of",
+    "check_float_dtype",
+    "check_finite",
+    "check_compatible",
+    "cholesky",
+    "cho_solve",
+    "as_float",
+]
+
+
+def namespace(*arrays):
+    """Array-API namespace of ``arrays`` (numpy or torch); a clear TypeError otherwise."""
+    try:
+        return array_api_compat.array_namespace(*arrays)
+    except TypeError as exc:  # mixed libraries or unsupported types
+        kinds = sorted({type(a).__module__ + "." + type(a).__name__ for a in arrays})
+        raise DTypeError(
+            f"expected numpy arrays or torch tensors from one library, got {kinds}"
+        ) from exc
+
+
+def is_torch(xp) -> bool:
+    return array_api_compat.is_torch_namespace(xp)
+
+
+def device_of(x):
+    return array_api_compat.device(x)
+
+
+def eps(dtype) -> float:
+    """Machine epsilon of a numpy or torch floating dtype."""
+    if _is_torch_dtype(dtype):
+        import torch
+
+        return float(torch.finfo(dtype).eps)
+    return float(np.finfo(dtype).eps)
+
+
+def _is_torch_dtype(dtype) -> bool:
+    return type(dtype).__module__.startswith("torch")
+
+
+def namespace_of_dtype(dtype):
+    """Namespace for arrays of ``dtype`` (torch.dtype -> torch, anything else -> numpy)."""
+    if _is_torch_dtype(dtype):
+        import torch
+
+        return array_api_compat.array_namespace(torch.empty(0, dtype=dtype))
+    return array_api_compat.array_namespace(np.empty(0, dtype=dtype))
+
+
+def normalize_dtype(dtype):
+    """Return a canonical float32/float64 dtype object, or raise DTypeError."""
+    if _is_torch_dtype(dtype):
+        import torch
+
+        if dtype in (torch.float32, torch.float64):
+            return dtype
+    else:
+        try:
+            d = np.dtype(dtype)
+        except TypeError as exc:
+            raise DTypeError(f"dtype: expected float32 or float64, got {dtype!r}") from exc
+        if d in (np.dtype(np.float32), np.dtype(np.float64)):
+            return d
+    raise DTypeError(f"dtype: expected float32 or float64, got {dtype!r}")
+
+
+def check_float_dtype(x, name: str):
+    """Raise DTypeError unless ``x`` is a float32/float64 numpy array or torch tensor."""
+    try:
+        normalize_dtype(x.dtype)
+    except DTypeError:
+        raise DTypeError(
+            f"{name}: expected a float32 or float64 array, got dtype {x.dtype}"
+        ) from None
+
+
+def check_finite(xp, x, name: str):
+    """Raise NonFiniteError if ``x`` contains NaN or infinity (one scalar sync on GPU)."""
+    if not bool(xp.all(xp.isfinite(x))):
+        n_bad = int(xp.sum(xp.astype(~xp.isfinite(x), xp.int64)))
+        raise NonFiniteError(f"{name}: contains {n_bad} NaN or infinite value(s)")
+
+
+def check_compatible(x, *, xp, dtype, device, name: str):
+    """Check that array ``x`` belongs to namespace ``xp`` with ``dtype`` on ``device``."""
+    try:
+        x_xp = array_api_compat.array_namespace(x)
+    except TypeError:
+        raise DTypeError(
+            f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}"
+        ) from None
+    if x_xp is not xp:
+        raise DTypeError(
+            f"{name}: array library mismatch: operator uses {xp.__name__.split('.')[-1]}, "
+            f"{name} is {x_xp.__name__.split('.')[-1]}"
+        )
+    if x.dtype != dtype:
+        raise DTypeError(f"{name}: dtype {x.dtype} does not match the operator's dtype {dtype}")
+    if device_of(x) != device:
+        raise DeviceError(
+            f"{name}: on device {device_of(x)} but the operator is on device {device}"
+        )
+
+
+def check_matrix(x, name: str):
+    if getattr(x, "ndim", None) != 2:
+        raise ShapeError(f"{name}: expected a 2-D array, got shape {tuple(getattr(x, 'shape', ()))}")
+
+
+def as_float(x) -> float:
+    """Python float from a 0-d array or number (a scalar device sync for CUDA tensors)."""
+    return float(x)
+
+
+def is_real_scalar(x) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, Real):
+        return True
+    return getattr(x, "ndim", None) == 0 and getattr(x, "shape", None) == ()
+
+
+def finite_scalar(x, name: str, *, minimum: float | None = None, strict: bool = False) -> float:
+    """Validate a real scalar argument and return it as a Python float."""
+    from .errors import InputError
+
+    if not is_real_scalar(x):
+        raise InputError(f"{name}: expected a real number, got {type(x).__name__}")
+    v = float(x)
+    if not math.isfinite(v):
+        raise InputError(f"{name}: expected a finite number, got {v}")
+    if minimum is not None and (v < minimum or (strict and v == minimum)):
+        op = ">" if strict else ">="
+        raise InputError(f"{name}: expected a number {op} {minimum}, got {v}")
+    return v
+
+
+# --------------------------------------------------------------------- factorizations
+
+
+def cholesky(xp, A, what: str = "matrix"):
+    """Lower Cholesky factor of symmetric ``A``; NotPositiveDefiniteError on failure.
+
+    Only the lower triangle of ``A`` is read.  No jitter is ever added.
+    """
+    if is_torch(xp):
+        import torch
+
+        L, info = torch.linalg.cholesky_ex(A)
+        if int(info) != 0:  # one scalar sync
+            raise NotPositiveDefiniteError(
+                f"Cholesky factorization of the {what} failed: it is not positive definite "
+                f"(leading minor {int(info)} is not positive). invhvp adds no jitter; "
+                "increase `damping`."
+            )
+        return L
+    try:
+        L = np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        raise NotPositiveDefiniteError(
+            f"Cholesky factorization of the {what} failed: it is not positive definite. "
+            "invhvp adds no jitter; increase `damping`."
+        ) from None
+    if not np.all(np.isfinite(L)):
+        raise NotPositiveDefiniteError(f"Cholesky factorization of the {what} produced non-finite values")
+    return L
+
+
+def cho_solve(xp, L, B):
+    """Solve ``(L Lᵀ) X = B`` for a lower Cholesky factor ``L`` and 2-D ``B``."""
+    if is_torch(xp):
+        import torch
+
+        return torch.cholesky_solve(B, L, upper=False)
+    import scipy.linalg
+
+    return scipy.linalg.cho_solve((L, True), B, check_finite=False)

@@ -1,0 +1,92 @@
+"""Block-diagonal operators: one block per layer or LoRA tensor."""
+
+from __future__ import annotations
+
+from ..errors import DeviceError, DTypeError, InputError
+from .base import Operator
+
+__all__ = ["BlockDiagonal"]
+
+
+class BlockDiagonal(Operator):
+    """``diag(A_1, …, A_L)`` of square operators (any invhvp operators, nested too).
+
+    The coordinates of a vector are the concatenation of the blocks' coordinates
+    in order.  Solvers that exploit structure work block by block and accept one
+    damping value per block.
+
+    Examples
+    --------
+    >>> import numpy as np, invhvp as ih
+    >>> A = ih.BlockDiagonal([ih.Dense(np.eye(2)), ih.Dense(3.0 * np.eye(1))])
+    >>> A.matvec(np.ones(3))
+    array([1., 1., 3.])
+    """
+
+    def __init__(self, blocks):
+        blocks = list(blocks) if not isinstance(blocks, Operator) else None
+        if not blocks:
+            raise InputError("blocks: expected a non-empty sequence of invhvp operators")
+        for i, b in enumerate(blocks):
+            if not isinstance(b, Operator):
+                raise DTypeError(
+                    f"blocks[{i}]: expected an invhvp operator (Dense, LowRankPlusIdentity, ...), "
+                    f"got {type(b).__name__}; wrap arrays with invhvp.Dense"
+                )
+        first = blocks[0]
+        for i, b in enumerate(blocks[1:], start=1):
+            if b.xp is not first.xp:
+                raise DTypeError(f"blocks[{i}]: array library differs from blocks[0]")
+            if b.dtype != first.dtype:
+                raise DTypeError(f"blocks[{i}]: dtype {b.dtype} differs from blocks[0] dtype {first.dtype}")
+            if b.device != first.device:
+                raise DeviceError(f"blocks[{i}]: device {b.device} differs from blocks[0] device {first.device}")
+        self.blocks = tuple(blocks)
+        sizes = [b.size for b in blocks]
+        self.offsets = tuple([0] + [sum(sizes[: i + 1]) for i in range(len(sizes))])
+        self._xp = first.xp
+        self._size = self.offsets[-1]
+        self._dtype = first.dtype
+        self._device = first.device
+        self._psd = all(b.psd for b in blocks)
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    def slices(self):
+        """One ``slice`` of the full coordinate range per block."""
+        o = self.offsets
+        return [slice(o[i], o[i + 1]) for i in range(len(self.blocks))]
+
+    def split(self, V):
+        """Split rows of ``V`` (``(d,)`` or ``(d, k)``) into one piece per block."""
+        return [V[s, ...] for s in self.slices()]
+
+    def _matmat(self, V):
+        return self._xp.concat([b._matmat(v) for b, v in zip(self.blocks, self.split(V))], axis=0)
+
+    def to_dense(self):
+        xp = self._xp
+        out = xp.zeros((self._size, self._size), dtype=self._dtype, device=self._device)
+        for b, s in zip(self.blocks, self.slices()):
+            out[s, s] = b.to_dense()
+        return out
+
+    def diagonal(self):
+        return self._xp.concat([b.diagonal() for b in self.blocks], axis=0)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{type(b).__name__}({b.size})" for b in self.blocks)
+        return f"BlockDiagonal([{inner}], dtype={self._dtype}, device={self._device})"
+
+
+def expand_block_values(op: BlockDiagonal, values):  # noqa: D401 - helper
+    """Per-coordinate array from one value per block (used for per-block damping)."""
+    xp = op.xp
+    parts = [
+        xp.full((b.size,), float(v), dtype=op.dtype, device=op.device)
+        for b, v in zip(op.blocks, values)
+    ]
+    return xp.concat(parts, axis=0)
+
