@@ -7,7 +7,7 @@ Flat public API::
     res.x, res.status, res.residual_norm, res.info
 """
 
-from . import errors
+from . import bounds, errors
 from .errors import ConvergenceError
 from .operators import BlockDiagonal, Dense, LowRankPlusIdentity, MatrixFree, Operator
 from .result import SolveResult, Status
@@ -16,6 +16,7 @@ from .solvers import CG, Exact, Solver, choose_solver, solve
 __version__ = "0.1.0"
 
 __all__ = [
+    "bounds",
     "errors",
     "ConvergenceError",
     "Operator",

@@ -1,0 +1,7 @@
+"""Pure functions for theoretical error bounds and plans (THEORY.md §4–§5).
+
+``bounds.datainf``: DataInf certificates; ``bounds.lissa``: LiSSA plans and bounds.
+"""
+
+from .datainf import *  # noqa: F401,F403
+from .lissa import *  # noqa: F401,F403

@@ -1,0 +1,3 @@
+"""DataInf error certificates (THEORY.md §4)."""
+
+__all__: list[str] = []
