@@ -7,15 +7,30 @@ Flat public API::
     res.x, res.status, res.residual_norm, res.info
 """
 
-from . import bounds, errors
+from . import bounds, errors, estimators
+from .damping import default_damping
 from .errors import ConvergenceError
+from .estimators import EigEstimate, TraceEstimate, lambda_max, trace
+from .influence import average_influence, influence_matrix, self_influence
 from .operators import BlockDiagonal, Dense, LowRankPlusIdentity, MatrixFree, Operator
 from .result import SolveResult, Status
-from .solvers import CG, Exact, Solver, choose_solver, solve
+from .solvers import CG, DataInf, Exact, Identity, LiSSA, Solver, choose_solver, solve
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LiSSA",
+    "estimators",
+    "lambda_max",
+    "trace",
+    "EigEstimate",
+    "TraceEstimate",
+    "DataInf",
+    "Identity",
+    "default_damping",
+    "influence_matrix",
+    "self_influence",
+    "average_influence",
     "bounds",
     "errors",
     "ConvergenceError",

@@ -1,3 +1,373 @@
-"""DataInf error certificates (THEORY.md §4)."""
+r"""DataInf error certificates (THEORY.md §4), as pure functions.
 
-__all__: list[str] = []
+DataInf replaces the inverse of the averaged damped Gram matrix by the average of
+the rank-one inverses.  With per-sample gradients ``g_i`` (the rows of ``U``, scaled
+as ``g̃_i = sqrt(n·scale)·u_i`` for the general form ``shift·I + scale·UᵀU``),
+``S_i = g̃_i g̃_iᵀ + λI`` and ``S̄ = mean_i S_i`` (``λ`` = shift + damping > 0):
+
+.. math::
+
+    \|\bar S^{-1} - R\|_2 \;\le\; \frac{1}{n\lambda^3}\sum_i \|S_i - \bar S\|_2^2
+    \;\le\; \frac{1}{n\lambda^3}\sum_i \max(\|\tilde g_i\|^2, \lambda_{\max}(G))^2
+    \;\le\; \frac{2M^2d^2}{\lambda^3},
+
+with ``G = (1/n) Σ g̃_i g̃_iᵀ`` and ``M = max_i (tr S_i + tr S̄)/d``.  Left to right:
+the *true error* (computable when ``min(n, d)`` is small), the *intermediate* bound,
+the computable *certificate* and the paper's ``O(d²)`` form.
+
+Every function takes the factor ``U`` (``n×d`` numpy array or torch tensor, any
+device), the total diagonal ``λ`` and the optional ``scale`` (default ``1/n``), and
+returns Python floats; arithmetic runs in float64 on the factor's device.  Nothing
+here forms a ``d×d`` matrix except :func:`datainf_intermediate_bound` and
+:func:`datainf_true_error` when ``d <= n`` (both refuse sizes above their limits).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend as Bk
+from ..errors import DampingError, InputError, OperatorTooLargeError, ShapeError
+
+__all__ = [
+    "gram_lambda_max",
+    "datainf_paper_bound",
+    "datainf_certificate",
+    "datainf_intermediate_bound",
+    "datainf_true_error",
+    "datainf_certificates",
+    "datainf_influence_error_bound",
+]
+
+#: Temporaries are bounded by this many elements (chunked over rows).
+CHUNK_ELEMENTS = 1 << 24
+
+
+def _validate(factor, damping, scale, *, name="factor"):
+    xp = Bk.namespace(factor)
+    Bk.check_float_dtype(factor, name)
+    Bk.check_matrix(factor, name)
+    n, d = (int(s) for s in factor.shape)
+    if n == 0 or d == 0:
+        raise ShapeError(f"{name}: expected at least one row and one column, got shape ({n}, {d})")
+    lam = Bk.finite_scalar(damping, "damping")
+    if lam <= 0.0:
+        raise DampingError(
+            f"damping: DataInf needs λ = shift + damping > 0 (every rank-one term is g gᵀ + λI), got {lam}"
+        )
+    s = 1.0 / n if scale is None else Bk.finite_scalar(scale, "scale", minimum=0.0, strict=True)
+    return xp, n, d, lam, s
+
+
+def row_chunks(n: int, rows: int):
+    """Slices ``[i, i+rows)`` covering ``range(n)``."""
+    rows = max(1, int(rows))
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
+
+
+def row_sq_norms(U, *, dtype=None, chunk_rows=None):
+    """Squared row norms ``||u_i||²`` of ``U`` (length ``n``), in chunks of rows.
+
+    In ``U``'s dtype this is one fused pass without temporaries; with ``dtype`` (e.g.
+    float64 for certificates) chunks of ``chunk_rows`` rows (default: ``CHUNK_ELEMENTS``
+    elements) are cast first, so the temporary stays bounded.
+    """
+    xp = Bk.namespace(U)
+    n, d = U.shape
+    if dtype is None or dtype == U.dtype:
+        # no temporary: a fused reduction (numpy's vecdot ufunc, torch's vector_norm)
+        if Bk.is_torch(xp):
+            return xp.linalg.vector_norm(U, axis=1) ** 2
+        return xp.linalg.vecdot(U, U, axis=1)
+    c = chunk_rows if chunk_rows is not None else max(1, CHUNK_ELEMENTS // max(int(d), 1))
+    parts = []
+    for sl in row_chunks(int(n), c):
+        V = xp.astype(U[sl, :], dtype)
+        parts.append(xp.sum(V * V, axis=1))
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+
+
+def _scaled_norms64(xp, U, n, s):
+    """``||g̃_i||² = n·s·||u_i||²`` in float64."""
+    return (n * s) * row_sq_norms(U, dtype=xp.float64)
+
+
+def _gram64(xp, U):
+    """``U Uᵀ`` (``n×n``) accumulated in float64 over column chunks of ``U``."""
+    n, d = (int(v) for v in U.shape)
+    c = max(1, CHUNK_ELEMENTS // max(n, 1))
+    K = None
+    for j in range(0, d, c):
+        V = xp.astype(U[:, j : j + c], xp.float64)
+        P = V @ V.T
+        K = P if K is None else K + P
+    return K
+
+
+def _eye64(xp, r, like):
+    return xp.eye(r, dtype=xp.float64, device=Bk.device_of(like))
+
+
+def gram_lambda_max(factor, *, scale=None, method: str = "auto", max_rows: int = 2048):
+    """Largest eigenvalue of ``G = scale·UᵀU`` (or a true upper bound), and how it was found.
+
+    ``λ_max(scale·UᵀU) = scale·λ_max(UUᵀ)``:
+
+    - ``"gram"``: eigenvalues of the ``n×n`` Gram ``UUᵀ`` in float64 (``O(n²d + n³)``), exact
+      up to rounding;
+    - ``"trace"``: ``tr G = scale·Σ_i ||u_i||²`` (``O(nd)``), a true upper bound because
+      ``G`` is positive semidefinite;
+    - ``"auto"``: ``"gram"`` when ``n <= max_rows``, otherwise ``"trace"``.
+
+    Returns
+    -------
+    (float, str)
+        The value and ``"gram-eigvalsh (exact)"`` or ``"trace (upper bound)"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from invhvp.bounds import gram_lambda_max
+    >>> U = np.array([[3.0, 0.0], [0.0, 1.0]])
+    >>> gram_lambda_max(U)          # G = UᵀU/2 = diag(4.5, 0.5)
+    (4.5, 'gram-eigvalsh (exact)')
+    >>> gram_lambda_max(U, method="trace")
+    (5.0, 'trace (upper bound)')
+    """
+    xp, n, d, _, s = _validate(factor, 1.0, scale)
+    if method not in ("auto", "gram", "trace"):
+        raise InputError(f"method: expected 'auto', 'gram' or 'trace', got {method!r}")
+    if method == "gram" or (method == "auto" and n <= max_rows):
+        w = xp.linalg.eigvalsh(_gram64(xp, factor))
+        return s * max(float(xp.max(w)), 0.0), "gram-eigvalsh (exact)"
+    return s * float(xp.sum(row_sq_norms(factor, dtype=xp.float64))), "trace (upper bound)"
+
+
+def datainf_paper_bound(factor, damping, *, scale=None) -> float:
+    r"""The paper's ``O(d²)`` bound ``2 M² d² / λ³`` (Kwon et al. 2023, Theorem 1).
+
+    ``M = max_i (tr S_i + tr S̄)/d = (max_i ||g̃_i||² + mean_i ||g̃_i||²)/d + 2λ``, so the
+    bound equals ``2 (max_i ||g̃_i||² + mean_i ||g̃_i||² + 2dλ)² / λ³``.  Cost ``O(nd)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from invhvp.bounds import datainf_paper_bound
+    >>> datainf_paper_bound(np.array([[1.0, 0.0], [0.0, 1.0]]), 1.0)   # 2·(1 + 1 + 4)²
+    72.0
+    """
+    xp, n, d, lam, s = _validate(factor, damping, scale)
+    return _paper_from(xp, _scaled_norms64(xp, factor, n, s), d, lam)
+
+
+def _paper_from(xp, t, d, lam):
+    total = float(xp.max(t)) + float(xp.mean(t)) + 2.0 * d * lam
+    return 2.0 * total**2 / lam**3
+
+
+def _cert_from(xp, t, lm, n, lam):
+    m = xp.maximum(t, xp.full_like(t, lm))
+    return float(xp.sum(m * m)) / (n * lam**3)
+
+
+def datainf_certificate(factor, damping, *, scale=None, lambda_max=None, lambda_max_method="auto") -> float:
+    r"""Computable certificate ``(1/(nλ³)) Σ_i max(||g̃_i||², λ_max(G))² >= ||S̄⁻¹ − R||₂``.
+
+    Uses ``||S_i − S̄||₂ = ||g̃_i g̃_iᵀ − G||₂ <= max(||g̃_i||², λ_max(G))`` (difference of two
+    PSD matrices).  ``lambda_max`` may be given (it must be an upper bound of
+    ``λ_max(scale·UᵀU)``); otherwise :func:`gram_lambda_max` with ``lambda_max_method``.
+    Cost ``O(nd)`` plus the ``λ_max`` computation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from invhvp.bounds import datainf_certificate
+    >>> datainf_certificate(np.array([[1.0, 0.0], [0.0, 1.0]]), 1.0)   # (1/2)·(1² + 1²)
+    1.0
+    """
+    xp, n, d, lam, s = _validate(factor, damping, scale)
+    if lambda_max is None:
+        lambda_max, _ = gram_lambda_max(factor, scale=s, method=lambda_max_method)
+    lm = Bk.finite_scalar(lambda_max, "lambda_max", minimum=0.0)
+    return _cert_from(xp, _scaled_norms64(xp, factor, n, s), lm, n, lam)
+
+
+def _sqrt_factor(xp, K):
+    """``F`` with ``F Fᵀ = K`` for PSD ``K`` (eigenvectors scaled by sqrt of clipped eigenvalues)."""
+    w, V = xp.linalg.eigh(K)
+    w = xp.maximum(w, xp.zeros_like(w))
+    return V * xp.sqrt(w)[None, :], w
+
+
+def datainf_intermediate_bound(factor, damping, *, scale=None, max_work: float = 2.0**31) -> float:
+    r"""The intermediate bound ``(1/(nλ³)) Σ_i ||S_i − S̄||₂²``.
+
+    Each ``S_i − S̄ = g̃_i g̃_iᵀ − G`` is treated in ``r = min(n, d)`` dimensions: directly
+    when ``d <= n``; otherwise through ``F Fᵀ = g̃ g̃ᵀ`` (the ``n×n`` Gram), since the
+    nonzero eigenvalues of ``G̃ᵀ(e_i e_iᵀ − I/n)G̃`` are those of ``f_i f_iᵀ − FᵀF/n``.
+    Cost ``O(n r³)`` (batched symmetric eigenvalues), refused with
+    :class:`~invhvp.errors.OperatorTooLargeError` when ``n·r³ > max_work``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from invhvp.bounds import datainf_intermediate_bound
+    >>> datainf_intermediate_bound(np.array([[1.0, 0.0], [0.0, 1.0]]), 1.0)  # ||diag(±1/2)||² each
+    0.25
+    """
+    xp, n, d, lam, s = _validate(factor, damping, scale)
+    r = min(n, d)
+    if n * float(r) ** 3 > max_work:
+        raise OperatorTooLargeError(
+            f"datainf_intermediate_bound: n·min(n, d)³ = {n * float(r) ** 3:.3g} exceeds "
+            f"max_work={max_work:.3g}; use datainf_certificate instead"
+        )
+    G64 = math.sqrt(n * s) * xp.astype(factor, xp.float64)
+    if d <= n:
+        vecs = G64
+        center = (G64.T @ G64) / n
+    else:
+        F, w = _sqrt_factor(xp, G64 @ G64.T)
+        vecs = F
+        center = xp.eye(n, dtype=xp.float64, device=Bk.device_of(F)) * (w / n)[None, :]
+    total = 0.0
+    for sl in row_chunks(n, max(1, CHUNK_ELEMENTS // (r * r))):
+        v = vecs[sl, :]
+        Mb = v[:, :, None] * v[:, None, :] - center[None, :, :]
+        ev = xp.linalg.eigvalsh(Mb)
+        nrm = xp.max(xp.abs(ev), axis=1)
+        total += float(xp.sum(nrm * nrm))
+    return total / (n * lam**3)
+
+
+def datainf_true_error(factor, damping, *, scale=None, max_dim: int = 2048) -> float:
+    r"""The true spectral error ``||S̄⁻¹ − R||₂`` of DataInf's inverse on one block.
+
+    With ``K̃ = G̃G̃ᵀ = F Fᵀ``, ``D = diag(1/(λ + ||g̃_i||²))`` and Woodbury,
+    ``S̄⁻¹ − R = (1/λ) G̃ᵀ [D/n − (nλI + K̃)⁻¹] G̃``, whose nonzero eigenvalues are those of
+    ``(1/λ) Fᵀ[D/n − (nλI + K̃)⁻¹]F`` (``n×n``); when ``d <= n`` the ``d×d`` matrices are used
+    directly.  Cost ``O(nd·r + r³)`` with ``r = min(n, d)``; refused
+    (:class:`~invhvp.errors.OperatorTooLargeError`) when ``r > max_dim``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from invhvp.bounds import datainf_true_error
+    >>> datainf_true_error(np.array([[2.0, 0.0, 1.0]]), 0.5) < 1e-14     # n = 1: exact
+    True
+    """
+    xp, n, d, lam, s = _validate(factor, damping, scale)
+    r = min(n, d)
+    if r > max_dim:
+        raise OperatorTooLargeError(
+            f"datainf_true_error: min(n, d) = {r} exceeds max_dim={max_dim}; use the certificates"
+        )
+    G64 = math.sqrt(n * s) * xp.astype(factor, xp.float64)
+    t = xp.sum(G64 * G64, axis=1)
+    Dg = 1.0 / (lam + t)
+    if d <= n:
+        eye = _eye64(xp, d, G64)
+        Sbar = (G64.T @ G64) / n + lam * eye
+        Sinv = xp.linalg.inv(Sbar)
+        R = (eye - (G64.T @ (Dg[:, None] * G64)) / n) / lam
+        E = Sinv - R
+    else:
+        K = G64 @ G64.T
+        F, _ = _sqrt_factor(xp, K)
+        eye = _eye64(xp, n, G64)
+        Mid = eye * (Dg / n)[None, :] - xp.linalg.inv(n * lam * eye + K)
+        E = (F.T @ Mid @ F) / lam
+    E = (E + E.T) / 2
+    return float(xp.max(xp.abs(xp.linalg.eigvalsh(E))))
+
+
+def datainf_certificates(
+    factor,
+    damping,
+    *,
+    scale=None,
+    full: bool = True,
+    max_gram_rows: int = 2048,
+    max_true_dim: int = 2048,
+    max_intermediate_work: float = 2.0**31,
+) -> dict:
+    """All DataInf bounds for one block, as a dict of floats.
+
+    Keys: ``n``, ``d``, ``damping`` (``λ``), ``paper_bound`` (``2M²d²/λ³``),
+    ``certificate`` (computable), ``lambda_max`` and ``lambda_max_method`` (see
+    :func:`gram_lambda_max`), ``intermediate`` and ``true_error`` (``None`` when not
+    computed), and ``bound``: the smallest valid bound available (the true error when
+    computed).  With ``full=False`` only the ``O(nd)`` quantities are computed
+    (``λ_max`` by the trace upper bound).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from invhvp.bounds import datainf_certificates
+    >>> c = datainf_certificates(np.eye(2), 1.0)
+    >>> c["paper_bound"], c["certificate"], c["intermediate"], round(c["true_error"], 6)
+    (72.0, 1.0, 0.25, 0.083333)
+    """
+    xp, n, d, lam, s = _validate(factor, damping, scale)
+    t = _scaled_norms64(xp, factor, n, s)  # one pass over the factor for the O(nd) bounds
+    if full and n <= max_gram_rows:
+        lm, how = gram_lambda_max(factor, scale=s, method="gram")
+    else:
+        lm, how = float(xp.mean(t)), "trace (upper bound)"  # mean ||g̃||² = s·Σ||u||² = tr G
+    out = {
+        "n": n,
+        "d": d,
+        "damping": lam,
+        "paper_bound": _paper_from(xp, t, d, lam),
+        "certificate": _cert_from(xp, t, lm, n, lam),
+        "lambda_max": lm,
+        "lambda_max_method": how,
+        "intermediate": None,
+        "true_error": None,
+    }
+    if full:
+        r = min(n, d)
+        if n * float(r) ** 3 <= max_intermediate_work:
+            out["intermediate"] = datainf_intermediate_bound(
+                factor, lam, scale=s, max_work=max_intermediate_work
+            )
+        if r <= max_true_dim:
+            out["true_error"] = datainf_true_error(factor, lam, scale=s, max_dim=max_true_dim)
+    candidates = [out["certificate"], out["paper_bound"]]
+    if out["intermediate"] is not None:
+        candidates.append(out["intermediate"])
+    out["bound"] = out["true_error"] if out["true_error"] is not None else min(candidates)
+    return out
+
+
+def datainf_influence_error_bound(train_grads, test_grads, bounds):
+    r"""Per-value bound ``|I_exact − I_DataInf| <= Σ_l ||v_l|| · bound_l · ||g_l||`` (``m×n``).
+
+    ``I = −vᵀ(G+λI)⁻¹g`` summed over blocks ``l``: each block's error is at most
+    ``||v_l||₂ · ||S̄_l⁻¹ − R_l||₂ · ||g_l||₂``.  ``train_grads`` (``n×d_l``) and
+    ``test_grads`` (``m×d_l``) are arrays or per-block sequences; ``bounds`` is one float per
+    block (any of the bounds above, e.g. ``datainf_certificates(...)["bound"]``).
+    Cost ``O((m+n)d)``; returns an array of the gradients' type, dtype and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from invhvp.bounds import datainf_influence_error_bound
+    >>> datainf_influence_error_bound(np.array([[3.0, 4.0]]), np.array([[1.0, 0.0]]), 0.5)
+    array([[2.5]])
+    """
+    train = list(train_grads) if isinstance(train_grads, (list, tuple)) else [train_grads]
+    test = list(test_grads) if isinstance(test_grads, (list, tuple)) else [test_grads]
+    bl = list(bounds) if isinstance(bounds, (list, tuple)) else [bounds]
+    if not (len(train) == len(test) == len(bl)):
+        raise ShapeError(
+            f"bounds: expected one value per block ({len(train)} train blocks, {len(test)} test blocks), "
+            f"got {len(bl)}"
+        )
+    out = None
+    for g, v, b in zip(train, test, bl):
+        xp = Bk.namespace(g, v)
+        b = Bk.finite_scalar(b, "bounds", minimum=0.0)
+        term = b * (xp.sqrt(row_sq_norms(v))[:, None] * xp.sqrt(row_sq_norms(g))[None, :])
+        out = term if out is None else out + term
+    return out

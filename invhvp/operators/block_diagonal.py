@@ -76,6 +76,28 @@ class BlockDiagonal(Operator):
     def diagonal(self):
         return self._xp.concat([b.diagonal() for b in self.blocks], axis=0)
 
+    # ------------------------------------------------------------ mini-batches (LiSSA)
+    @property
+    def supports_minibatch(self) -> bool:
+        """Whether every block can produce mini-batch estimates."""
+        return all(getattr(b, "supports_minibatch", False) for b in self.blocks)
+
+    def minibatch(self, batch_size: int, rng) -> BlockDiagonal:
+        """``diag(Ã_1, …, Ã_L)``: an independent mini-batch estimate drawn per block.
+
+        Each block draws its own batch from ``rng`` (independent across blocks and
+        calls), so the result is unbiased block by block.
+        """
+        from ..errors import UnsupportedOperatorError
+
+        bad = [i for i, b in enumerate(self.blocks) if not getattr(b, "supports_minibatch", False)]
+        if bad:
+            raise UnsupportedOperatorError(
+                f"blocks[{bad[0]}] ({type(self.blocks[bad[0]]).__name__}) cannot produce mini-batch "
+                "estimates; use full-batch products"
+            )
+        return BlockDiagonal([b.minibatch(batch_size, rng) for b in self.blocks])
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{type(b).__name__}({b.size})" for b in self.blocks)
         return f"BlockDiagonal([{inner}], dtype={self._dtype}, device={self._device})"

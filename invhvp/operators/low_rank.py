@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import _backend as B
-from ..errors import ShapeError
+from ..errors import InputError, ShapeError
 from .base import Operator
 
 __all__ = ["LowRankPlusIdentity"]
@@ -87,8 +87,56 @@ class LowRankPlusIdentity(Operator):
         U = self.factor
         return U @ U.T
 
-    def with_shift(self, shift: float) -> "LowRankPlusIdentity":
+    def with_shift(self, shift: float) -> LowRankPlusIdentity:
         """The same factor with another ``shift`` (no copy of the factor)."""
         return LowRankPlusIdentity(self.factor, shift=shift, scale=self.scale)
 
+    # ------------------------------------------------------------ mini-batches (LiSSA)
+    @property
+    def supports_minibatch(self) -> bool:
+        """Whether :meth:`minibatch` is available (always, for a low-rank factor)."""
+        return True
 
+    @property
+    def n_samples(self) -> int:
+        """Number of samples ``n`` whose average the operator is (``n_rows``)."""
+        return self.n_rows
+
+    def minibatch_indices(self, batch_size: int, rng):
+        """``batch_size`` row indices drawn uniformly *with replacement* (numpy int64, host).
+
+        Drawn on the host from the numpy ``rng`` so that numpy and torch operators
+        see the same rows for the same seed; only ``batch_size`` integers are moved
+        to the device.
+        """
+        import numpy as np
+
+        from ..estimators import as_generator
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        return as_generator(rng).integers(0, self.n_rows, size=int(batch_size))
+
+    def minibatch(self, batch_size: int, rng, *, indices=None) -> LowRankPlusIdentity:
+        r"""An independent, unbiased mini-batch estimate ``Ã`` of this operator.
+
+        .. math:: Ã = μI + \frac{s\,n}{B} \sum_{j \in \text{batch}} u_j u_j^T,
+                  \qquad E\,Ã = μI + s\,U^TU,
+
+        with the ``B`` rows drawn uniformly with replacement (``indices`` overrides the
+        draw, e.g. to route global indices to shards: the product is a sum over rows,
+        so shard operators holding disjoint rows add up).  Costs ``O(B d)`` to gather
+        the rows; a product then costs ``O(B d k)``.
+        """
+        xp = self._xp
+        idx = self.minibatch_indices(batch_size, rng) if indices is None else indices
+        nb = int(len(idx))
+        if nb < 1:
+            raise ShapeError("indices: expected at least one row index")
+        if B.is_torch(xp):
+            import torch
+
+            rows = self.factor[torch.as_tensor(idx, device=self._device)]
+        else:
+            rows = self.factor[idx]
+        return LowRankPlusIdentity(rows, shift=self.shift, scale=self.scale * self.n_rows / nb)

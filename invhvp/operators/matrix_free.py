@@ -31,6 +31,19 @@ class MatrixFree(Operator):
         for speed.
     diagonal : array, optional
         The diagonal of ``A``, if known (enables Jacobi preconditioning).
+    sampler : callable, optional
+        Mini-batch estimates for stochastic solvers (:class:`~invhvp.LiSSA`).  Protocol:
+        ``sampler(batch_size: int, rng: numpy.random.Generator)`` returns an *independent,
+        unbiased* estimate ``Ã_B`` of ``A`` from ``batch_size`` samples drawn with
+        replacement (``E Ã_B = A``), either as an invhvp operator of the same size, dtype
+        and device, or as a ``matmat`` callable ``V (d, k) -> Ã_B V (d, k)``.  Each call
+        must draw a fresh batch using only ``rng`` for randomness (so results are seeded).
+        For a loss average ``A = (1/n) Σ_i H_i`` this is ``(1/B) Σ_{j∈batch} H_j``; it is
+        a sum over samples, so shards may compute partial sums.
+    n_samples : int, optional
+        Data-set size ``n`` behind ``sampler``: a batch-``B`` product is counted as
+        ``B/n`` of a full matvec, and ``B >= n`` is served by full products.  Without it
+        each mini-batch product counts as a full matvec.
 
     Examples
     --------
@@ -40,7 +53,19 @@ class MatrixFree(Operator):
     array([2., 2., 2.])
     """
 
-    def __init__(self, matvec, size, dtype, *, device=None, psd=True, matmat=None, diagonal=None):
+    def __init__(
+        self,
+        matvec,
+        size,
+        dtype,
+        *,
+        device=None,
+        psd=True,
+        matmat=None,
+        diagonal=None,
+        sampler=None,
+        n_samples=None,
+    ):
         if not callable(matvec):
             raise InputError(f"matvec: expected a callable, got {type(matvec).__name__}")
         if matmat is not None and not callable(matmat):
@@ -70,6 +95,14 @@ class MatrixFree(Operator):
         if diagonal is not None:
             self._check_operand(diagonal, "diagonal", ndim=1)
         self._diag = diagonal
+        if sampler is not None and not callable(sampler):
+            raise InputError(f"sampler: expected a callable or None, got {type(sampler).__name__}")
+        if n_samples is not None and (
+            isinstance(n_samples, bool) or not hasattr(n_samples, "__index__") or int(n_samples) < 1
+        ):
+            raise InputError(f"n_samples: expected a positive int or None, got {n_samples!r}")
+        self.sampler = sampler
+        self.n_samples = None if n_samples is None else int(n_samples)
 
     def _matmat(self, V):
         k = V.shape[1]
@@ -106,3 +139,44 @@ class MatrixFree(Operator):
         if self._diag is None:
             return super().diagonal()
         return self._diag
+
+    # ------------------------------------------------------------ mini-batches (LiSSA)
+    @property
+    def supports_minibatch(self) -> bool:
+        """Whether a ``sampler`` was given (needed for mini-batch LiSSA)."""
+        return self.sampler is not None
+
+    def minibatch(self, batch_size: int, rng) -> Operator:
+        """An independent mini-batch estimate from the user's ``sampler`` (see the class doc).
+
+        The result is an invhvp operator; a returned ``matmat`` callable is wrapped in a
+        :class:`MatrixFree` whose outputs are checked for shape and dtype.
+        """
+        from ..errors import UnsupportedOperatorError
+
+        if self.sampler is None:
+            raise UnsupportedOperatorError(
+                "this MatrixFree operator has no `sampler`: pass MatrixFree(..., sampler=...) "
+                "for mini-batch products, or use full-batch products"
+            )
+        est = self.sampler(int(batch_size), rng)
+        if isinstance(est, Operator):
+            if est.size != self._size or est.dtype != self._dtype or est.xp is not self._xp:
+                raise ShapeError(
+                    f"sampler: returned {est!r}; expected an operator of size {self._size}, "
+                    f"dtype {self._dtype} from the same array library"
+                )
+            return est
+        if not callable(est):
+            raise InputError(
+                f"sampler: expected it to return an invhvp operator or a matmat callable, "
+                f"got {type(est).__name__}"
+            )
+        return MatrixFree(
+            lambda v: est(v[:, None])[:, 0],
+            self._size,
+            self._dtype,
+            device=self._device,
+            psd=self._psd,
+            matmat=est,
+        )

@@ -3,6 +3,9 @@
 from .api import choose_solver, solve
 from .base import Solver
 from .cg import CG
+from .datainf import DataInf
 from .exact import Exact
+from .identity import Identity
+from .lissa import LiSSA
 
-__all__ = ["solve", "choose_solver", "Solver", "Exact", "CG"]
+__all__ = ["LiSSA", "DataInf", "Identity", "solve", "choose_solver", "Solver", "Exact", "CG"]

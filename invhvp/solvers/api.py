@@ -123,7 +123,7 @@ def check_damping(op: Operator, damping):
         return v
     try:
         values = [float(v) for v in damping]
-    except TypeError:
+    except (TypeError, ValueError):
         raise DampingError(
             f"damping: expected a number or a sequence of numbers, got {type(damping).__name__}"
         ) from None

@@ -38,7 +38,7 @@ class Counted:
         self.counter.n += int(V.shape[1])
         return self.op._matmat(V)
 
-    def wrap(self, op: Operator) -> "Counted":
+    def wrap(self, op: Operator) -> Counted:
         return Counted(op, self.counter)
 
     @property
@@ -72,6 +72,7 @@ class Solver(abc.ABC):
 
     def _check_supported(self, op: Operator) -> None:
         """Raise UnsupportedOperatorError before any work if ``op`` cannot be handled."""
+        return None
 
 
 def damping_for_blocks(op: BlockDiagonal, damping) -> tuple[float, ...]:

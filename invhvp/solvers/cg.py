@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -151,15 +152,18 @@ class CG(Solver):
             it += 1
             APa = apply(Pa, lam)
             pAp = xp.sum(Pa * APa, axis=0)
-            bad_curv = _host(~(pAp > 0))  # also catches NaN
-            alpha = rz / xp.where(pAp > 0, pAp, xp.ones_like(pAp))
+            good = (pAp > 0) & xp.isfinite(pAp)
+            nonfinite_curv = _host(~xp.isfinite(pAp))  # NaN/inf from the operator
+            bad_curv = _host(~(pAp > 0)) & ~nonfinite_curv
+            # a column that fails here keeps its previous iterate (alpha = 0)
+            alpha = xp.where(good, rz / xp.where(good, pAp, xp.ones_like(pAp)), xp.zeros_like(pAp))
             Xa = Xa + alpha * Pa
             Ra = Ra - alpha * APa
             rn = xp.linalg.vector_norm(Ra, axis=0)
             rn_h = _host(rn)
             iters_col[idx] = it
             finished = np.zeros(idx.size, dtype=bool)
-            nonfinite = ~np.isfinite(rn_h)
+            nonfinite = ~np.isfinite(rn_h) | nonfinite_curv
             conv = _host(rn <= tola) & ~bad_curv & ~nonfinite
             status_col[idx[conv]] = Status.SUCCESS
             status_col[idx[bad_curv]] = Status.NONPOSITIVE_CURVATURE
@@ -264,6 +268,7 @@ def _scatter(xp, X, Xa, idx, mask):
 
 def _as_2d_like(x0, B, op, name):
     Bk.check_compatible(x0, xp=op.xp, dtype=op.dtype, device=op.device, name=name)
+    Bk.check_finite(op.xp, x0, name)
     if x0.ndim == 1 and B.shape[1] == 1 and x0.shape[0] == B.shape[0]:
         return x0[:, None]
     if tuple(x0.shape) != tuple(B.shape):

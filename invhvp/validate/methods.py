@@ -1,0 +1,179 @@
+"""The methods compared by the studies, and how one influence matrix is computed with each.
+
+Influence values follow the package convention (THEORY.md §1)::
+
+    I(z_t, z_i) = − Σ_l g_{t,l}ᵀ (G_l + λ_l I)⁻¹ g_{i,l}
+
+positive = up-weighting the training point raises the test loss = harmful.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Method", "MethodRun", "default_methods", "run_method", "default_damping"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named way of applying ``(G_l + λ_l I)⁻¹``.
+
+    Attributes
+    ----------
+    name : str
+        Short identifier used in tables (``"exact"``, ``"datainf"``, ...).
+    label : str
+        Human-readable description for the report.
+    make : callable
+        ``make(seed)`` returns an invhvp solver instance; it raises ``ImportError`` or
+        ``AttributeError`` when the solver is not available in this installation.
+    """
+
+    name: str
+    label: str
+    make: Callable[[], Any]
+
+
+@dataclass
+class MethodRun:
+    """One method's influence matrix on one problem.
+
+    ``influence`` is ``(m, n)`` (positive = harmful), ``seconds`` the wall time of the solves
+    and products, ``status`` ``"ok"``, a solver status such as ``"diverged"``, or
+    ``"unavailable"``/``"error"``; ``note`` says why when it is not ``"ok"``.
+    """
+
+    name: str
+    influence: np.ndarray | None
+    seconds: float
+    status: str = "ok"
+    note: str = ""
+    info: dict = field(default_factory=dict)
+
+
+def default_methods(quick: bool = True) -> list[Method]:
+    """The methods of the approximation-error study (THEORY.md §7, DataInf Fig. 1).
+
+    Parameters
+    ----------
+    quick : bool
+        Shorten the classic LiSSA depths (1000 → 200, 5000 → 1000) so that a quick run
+        finishes in minutes; the report says so.
+    """
+    import invhvp
+
+    d1, d2 = (200, 1000) if quick else (1000, 5000)
+    L = invhvp.LiSSA
+    return [
+        Method("exact", "Exact per-block inverse (Woodbury/Cholesky)", lambda s: invhvp.Exact()),
+        Method("datainf", "DataInf (Sherman-Morrison swap)", lambda s: invhvp.DataInf()),
+        Method(
+            "lissa-auto", "LiSSA, automatic (η, B, T) for a relative error 0.1 per block", lambda s: L(rng=s)
+        ),
+        Method(
+            f"lissa-s10-d{d1}",
+            f"LiSSA classic, scale 10 (η = 0.1), depth {d1}, batch 1",
+            lambda s: L.from_scale(10.0, d1, batch_size=1, rng=s),
+        ),
+        Method(
+            f"lissa-s50-d{d2}",
+            f"LiSSA classic, scale 50 (η = 0.02), depth {d2}, batch 1",
+            lambda s: L.from_scale(50.0, d2, batch_size=1, rng=s),
+        ),
+        Method(
+            "lissa-fb10",
+            "LiSSA, 10 full-batch iterations, scale 1 (η = 1)",
+            lambda s: L.from_scale(1.0, 10, batch_size="full", rng=s),
+        ),
+        Method("cg", "Conjugate gradient (rtol 1e-6)", lambda s: invhvp.CG(rtol=1e-6)),
+        Method("identity", "Hessian-free: identity in place of the inverse", lambda s: invhvp.Identity()),
+    ]
+
+
+def default_damping(train_grads, factor: float = 0.1) -> list[float]:
+    """Per-block damping ``λ_l = factor · tr(G_l)/d_l`` (THEORY.md §2), via :func:`invhvp.default_damping`."""
+    import invhvp
+
+    return [float(v) for v in invhvp.default_damping(list(train_grads), factor=factor)]
+
+
+def _to_backend(a, device):
+    if device in (None, "cpu-numpy"):
+        return a
+    import torch
+
+    return torch.as_tensor(a, dtype=torch.float64, device=device)
+
+
+def _to_numpy(a):
+    if hasattr(a, "detach"):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _sync(device):
+    if device not in (None, "cpu-numpy") and str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def run_method(problem, method: Method, damping, device=None, seed: int = 0) -> MethodRun:
+    """Influence matrix of ``problem`` with ``method``, timed.
+
+    Calls :func:`invhvp.influence_matrix` (closed forms for Exact, DataInf and Identity; for
+    iterative solvers one :func:`invhvp.solve` on the block-diagonal Gram operator with the
+    ``m`` test gradients as right-hand sides).  A solver failure (e.g. LiSSA divergence,
+    raised as :class:`~invhvp.ConvergenceError`) becomes the run's ``status``.
+
+    Parameters
+    ----------
+    problem : InfluenceProblem
+    method : Method
+    damping : sequence of float
+        One ``λ_l`` per block.
+    device : str, optional
+        ``None`` solves with numpy; a torch device string (``"cpu"``, ``"cuda"``) solves with
+        float64 torch tensors on that device.
+    seed : int
+        Seed for stochastic solvers that accept an ``rng``.
+
+    Returns
+    -------
+    MethodRun
+    """
+    import invhvp
+
+    try:
+        solver = method.make(seed)
+    except (ImportError, AttributeError, TypeError) as exc:
+        return MethodRun(method.name, None, float("nan"), "unavailable", f"{type(exc).__name__}: {exc}")
+    U = [_to_backend(g, device) for g in problem.train_grads]
+    T = [_to_backend(g, device) for g in problem.test_grads]
+    _sync(device)
+    t0 = time.perf_counter()
+    try:
+        infl = invhvp.influence_matrix(U, T, solver, damping=list(damping), side="test")
+        _sync(device)
+    except invhvp.ConvergenceError as exc:
+        res = exc.result
+        status = res.status.value if res is not None else "failed"
+        return MethodRun(method.name, None, time.perf_counter() - t0, status, _short(str(exc)))
+    except Exception as exc:  # noqa: BLE001 - a failing method is reported, not fatal
+        return MethodRun(method.name, None, time.perf_counter() - t0, "error", f"{type(exc).__name__}: {exc}")
+    seconds = time.perf_counter() - t0
+    infl = _to_numpy(infl)
+    if not np.all(np.isfinite(infl)):
+        return MethodRun(method.name, None, seconds, "nonfinite", "non-finite influence values")
+    return MethodRun(method.name, infl, seconds, "ok", "")
+
+
+def _short(text: str, limit: int = 300) -> str:
+    """The first ``limit`` characters of a (possibly very long, per-block) message."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,1 @@
+"""Validation studies for invhvp (each module is runnable with ``python -m validation.<name>``)."""
