@@ -113,11 +113,11 @@ def part2(n=200, d=200_000, k=8, seed=1):
         f"k={k} rhs"
     )
     print(
-        f"  Exact ({r_ex.info['method']:8s}) : {t_ex:7.3f} s, peak {m_ex:7.1f} MiB, "
+        f"  {'Exact (' + r_ex.info['method'] + ')':20s}: {t_ex:7.3f} s, peak {m_ex:7.1f} MiB, "
         f"max residual {float(np.max(r_ex.residual_norm)):.1e}"
     )
     print(
-        f"  CG (rtol=1e-12)     : {t_cg:7.3f} s, peak {m_cg:7.1f} MiB, {r_cg.n_iter} iterations, "
+        f"  {'CG (rtol=1e-12)':20s}: {t_cg:7.3f} s, peak {m_cg:7.1f} MiB, {r_cg.n_iter} iterations, "
         f"max residual {float(np.max(r_cg.residual_norm)):.1e}"
     )
     print(

@@ -140,3 +140,12 @@ def test_errors():
     big = bounds.datainf_certificates(np.ones((5, 5)), 1.0, max_true_dim=4, max_intermediate_work=10)
     assert big["true_error"] is None and big["intermediate"] is None
     assert big["bound"] == min(big["certificate"], big["paper_bound"])
+
+
+def test_precomputed_norms_give_valid_bounds():
+    rng = np.random.default_rng(4)
+    U = rng.standard_normal((30, 50)).astype(np.float32)
+    a = bounds.datainf_certificates(U, 0.2)
+    b = bounds.datainf_certificates(U, 0.2, sq_norms=np.einsum("ij,ij->i", U, U))
+    for key in ("paper_bound", "certificate"):
+        assert a[key] <= b[key] <= a[key] * (1 + 1e-3)

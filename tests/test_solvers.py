@@ -204,6 +204,12 @@ def test_cg_nonpositive_curvature_raises_by_default():
     assert ei.value.result.status is Status.NONPOSITIVE_CURVATURE
     assert "damping" in ei.value.result.info["advice"]
     assert np.all(np.isfinite(ei.value.result.x))
+    # the failing column keeps its last iterate: no step along the bad direction
+    seen = []
+    res = ih.solve(op, b, ih.CG(callback=lambda X: seen.append(X.copy())), damping=0.1, on_failure="ignore")
+    assert len(seen) == res.n_iter >= 2
+    np.testing.assert_array_equal(seen[-1], seen[-2])
+    np.testing.assert_array_equal(res.x, seen[-1][:, 0])
 
 
 def test_cg_nonpositive_curvature_warn_and_ignore():

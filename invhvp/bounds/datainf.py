@@ -290,6 +290,7 @@ def datainf_certificates(
     max_gram_rows: int = 2048,
     max_true_dim: int = 2048,
     max_intermediate_work: float = 2.0**31,
+    sq_norms=None,
 ) -> dict:
     """All DataInf bounds for one block, as a dict of floats.
 
@@ -300,6 +301,10 @@ def datainf_certificates(
     computed).  With ``full=False`` only the ``O(nd)`` quantities are computed
     (``λ_max`` by the trace upper bound).
 
+    ``sq_norms`` (optional) are precomputed ``||u_i||²`` in the factor's dtype (a solver
+    already has them): they are used instead of a float64 pass over the factor, inflated by
+    ``1 + 2·d·eps`` so that dot-product rounding cannot make a bound too small.
+
     Examples
     --------
     >>> import numpy as np
@@ -309,7 +314,11 @@ def datainf_certificates(
     (72.0, 1.0, 0.25, 0.083333)
     """
     xp, n, d, lam, s = _validate(factor, damping, scale)
-    t = _scaled_norms64(xp, factor, n, s)  # one pass over the factor for the O(nd) bounds
+    if sq_norms is None:
+        t = _scaled_norms64(xp, factor, n, s)  # one pass over the factor for the O(nd) bounds
+    else:
+        inflate = 1.0 + 2.0 * d * Bk.eps(sq_norms.dtype)
+        t = (n * s * inflate) * xp.astype(sq_norms, xp.float64)
     if full and n <= max_gram_rows:
         lm, how = gram_lambda_max(factor, scale=s, method="gram")
     else:

@@ -29,8 +29,10 @@ class CG(Solver):
     Stopping rule, per column ``j``: ``‖r_j‖₂ <= max(rtol·‖b_j‖₂, atol)`` on the
     (unpreconditioned) residual.  A direction with ``pᵀ(A+λI)p <= 0`` stops that
     column with status ``NONPOSITIVE_CURVATURE`` (the damped operator is not
-    positive definite).  When ``A`` is PSD and ``λ > 0`` the returned
-    ``info["error_bound"]`` is the a-posteriori bound ``‖x − x*‖ <= ‖r‖/λ``.
+    positive definite) and keeps that column's last iterate; NaN or infinity from the
+    operator or preconditioner stops it with status ``NONFINITE``.  When ``A`` is PSD
+    and ``λ > 0`` the returned ``info["error_bound"]`` is the a-posteriori bound
+    ``‖x − x*‖ <= ‖r‖/λ``.
 
     Cost per iteration: one operator product with the active columns plus
     ``O(dk)`` vector work.

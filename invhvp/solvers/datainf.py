@@ -22,7 +22,8 @@ _NOTE = (
 def _chunk_rows(d: int, k: int, chunk_size) -> int:
     if chunk_size is not None:
         return int(chunk_size)
-    return max(1, CHUNK_ELEMENTS // max(int(d), int(k), 1))
+    # the temporaries are (rows × k) and one d × k: only k decides whether chunking helps
+    return max(1, CHUNK_ELEMENTS // max(int(k), 1))
 
 
 def datainf_apply(U, B, lam: float, *, scale=None, chunk_size=None, sq_norms=None):
@@ -33,7 +34,7 @@ def datainf_apply(U, B, lam: float, *, scale=None, chunk_size=None, sq_norms=Non
 
     which is THEORY.md §4 with ``g̃_i = sqrt(n s)·u_i``.  Two matrix products,
     ``O(ndk)``, over chunks of ``chunk_size`` rows of ``U`` (temporaries
-    ``chunk_size×max(d, k)`` plus one ``d×k``).
+    ``chunk_size×k`` plus one ``d×k``; by default one chunk unless ``n·k > 2**24``).
     """
     n, d = (int(v) for v in U.shape)
     k = int(B.shape[1])
@@ -82,7 +83,7 @@ class DataInf(Solver):
 
     applied as ``R B = (1/λ)[B − s·Uᵀ(D(U B))]``: two matrix products per block,
     ``O(n d k)`` for ``k`` right-hand sides, chunked over rows of ``U`` so temporaries stay
-    below ``chunk_size × max(d, k)`` elements plus one ``d×k``; never a ``d×d`` matrix and
+    below ``chunk_size × k`` elements plus one ``d×k``; never a ``d×d`` matrix and
     never a Python loop over samples.  A :class:`~invhvp.BlockDiagonal` of such blocks is
     handled per block with per-block damping (as in the paper).  Other operators are refused
     up front: DataInf needs the per-sample factors.
@@ -109,7 +110,8 @@ class DataInf(Solver):
     certify : bool, default False
         Compute the expensive certificates too.
     chunk_size : int, optional
-        Rows of ``U`` per chunk; default keeps temporaries near ``2**24`` elements.
+        Rows of ``U`` per chunk; default keeps the ``rows×k`` temporary near ``2**24``
+        elements (one chunk for ``n·k <= 2**24``).
 
     Examples
     --------
@@ -170,7 +172,7 @@ class DataInf(Solver):
             U = blk.factor
             t = row_sq_norms(U, chunk_rows=self.chunk_size)
             parts.append(datainf_apply(U, Bl, lam, scale=blk.scale, chunk_size=self.chunk_size, sq_norms=t))
-            c = datainf_certificates(U, lam, scale=blk.scale, full=self.certify)
+            c = datainf_certificates(U, lam, scale=blk.scale, full=self.certify, sq_norms=t)
             certs.append(c)
             term = (c["bound"] * xp.linalg.vector_norm(Bl, axis=0)) ** 2
             bound_sq = term if bound_sq is None else bound_sq + term
