@@ -6,7 +6,13 @@ import functools
 from dataclasses import dataclass
 
 from .. import _backend as Bk
-from ..errors import InputError, NotPositiveDefiniteError, NotSymmetricError, OperatorTooLargeError
+from ..errors import (
+    InputError,
+    NonFiniteError,
+    NotPositiveDefiniteError,
+    NotSymmetricError,
+    OperatorTooLargeError,
+)
 from ..operators import BlockDiagonal, Dense, LowRankPlusIdentity, MatrixFree, Operator
 from .base import Counted, Outcome, Solver, damping_for_blocks
 
@@ -139,6 +145,8 @@ def _(op: MatrixFree, B, damping, counted, cfg, info):
     cfg._check_supported(op)
     xp = op.xp
     M = counted.matmat(xp.eye(op.size, dtype=op.dtype, device=op.device))
+    if not bool(xp.all(xp.isfinite(M))):
+        raise NonFiniteError("the matrix-free operator's matvec returned NaN or infinite values")
     scale = float(xp.max(xp.abs(M)))
     asym = float(xp.max(xp.abs(M - M.T)))
     if asym > 1000 * Bk.eps(op.dtype) * max(scale, 1e-300) * op.size**0.5:
