@@ -239,7 +239,9 @@ def influence_matrix(
     - :class:`~invhvp.DataInf`: closed form ``I_l = −(1/λ)[P − (P D/n) U Uᵀ]`` with
       ``P = T Uᵀ``, ``D = diag(1/(λ + ||g_i||²))``: three ``m×d·d×n``-sized products
       (``3mnd``), or ``mnd + n²d + mn²`` through the ``n×n`` Gram when that is cheaper
-      (many test points); ``O((m+n)·n·d)`` either way.
+      (many test points); ``O((m+n)·n·d)`` either way.  ``DataInf(certify=...)`` is not used
+      here: bound the deviation from exact influence with
+      :func:`invhvp.bounds.datainf_influence_error_bound`.
     - :class:`~invhvp.Exact` (``n < d``): push-through Woodbury
       ``I_l = −n·P (nλI + UUᵀ)⁻¹``: ``mnd + n²d + n³/3 + mn²``.
     - :class:`~invhvp.Identity` (Hessian-free): ``I = −T Uᵀ``, ``mnd``.

@@ -31,7 +31,9 @@ def ce(m, b):
 def make(dtype=torch.float64, seed=0, n=11):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).to(dtype).eval()
+    model = (
+        torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).to(dtype).eval()
+    )
     X = torch.randn(n, 3, generator=g, dtype=dtype)
     y = torch.randint(0, 3, (n,), generator=g)
     return model, X, y
@@ -226,7 +228,9 @@ def test_influence_equals_influence_from_hand_built_gradients(solver):
     lams = ih.default_damping(Ub)
     ref = ih.influence_matrix(Ub, Tb, solver, damping=lams)
     torch.testing.assert_close(res.values, ref, rtol=1e-8, atol=1e-10)
-    torch.testing.assert_close(res.self_influence, ih.self_influence(Ub, solver, damping=lams), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(
+        res.self_influence, ih.self_influence(Ub, solver, damping=lams), rtol=1e-8, atol=1e-10
+    )
     assert res.values.shape == (3, 9) and res.damping == tuple(lams)
 
 

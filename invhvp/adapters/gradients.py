@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.func import functional_call, grad, vmap
@@ -74,13 +74,17 @@ def select_parameters(model: torch.nn.Module, params=None) -> dict[str, torch.nn
             ) from None
         missing = [n for n in wanted if n not in named]
         if missing:
-            raise InputError(f"params: no parameter named {missing[0]!r} in the model (first of {len(missing)})")
+            raise InputError(
+                f"params: no parameter named {missing[0]!r} in the model (first of {len(missing)})"
+            )
         if not wanted:
             raise InputError("params: empty selection; name at least one parameter")
         chosen = {n: named[n] for n in named if n in set(wanted)}
     devices = {p.device for p in chosen.values()}
     if len(devices) > 1:
-        raise DeviceError(f"model: the selected parameters are on several devices {sorted(map(str, devices))}")
+        raise DeviceError(
+            f"model: the selected parameters are on several devices {sorted(map(str, devices))}"
+        )
     for n, p in chosen.items():
         if p.dtype not in (torch.float32, torch.float64):
             raise DTypeError(f"params: parameter {n!r} has dtype {p.dtype}; expected float32 or float64")
@@ -133,7 +137,9 @@ def _check_batch(batch, i: int, name: str):
     def walk(x, path):
         if isinstance(x, torch.Tensor):
             if x.ndim == 0:
-                raise ShapeError(f"{name}: batch {i} has a 0-d tensor at {path or 'top level'}; need a batch dimension")
+                raise ShapeError(
+                    f"{name}: batch {i} has a 0-d tensor at {path or 'top level'}; need a batch dimension"
+                )
             return
         if isinstance(x, Mapping):
             for k, v in x.items():
@@ -178,7 +184,9 @@ def iter_batches(data, device, name: str = "data"):
     try:
         it = iter(data)
     except TypeError:
-        raise DTypeError(f"{name}: expected an iterable of batches (e.g. a DataLoader), got {type(data).__name__}") from None
+        raise DTypeError(
+            f"{name}: expected an iterable of batches (e.g. a DataLoader), got {type(data).__name__}"
+        ) from None
     for i, batch in enumerate(it):
         if isinstance(batch, Mapping):
             batch = dict(batch)  # e.g. transformers BatchEncoding
@@ -201,7 +209,9 @@ def warn_if_dropout(model: torch.nn.Module, stacklevel: int = 3) -> bool:
     if not model.training:
         return False
     active = [
-        m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 and m.training
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 and m.training
     ]
     if active:
         warnings.warn(
@@ -400,7 +410,9 @@ def per_sample_gradients(
         loss = call_loss(loss_fn, model, p, batch, 1)[0]
         return loss, loss
 
-    per_sample = vmap(grad(one, has_aux=True), in_dims=(None, 0), randomness="different" if noisy else "error")
+    per_sample = vmap(
+        grad(one, has_aux=True), in_dims=(None, 0), randomness="different" if noisy else "error"
+    )
 
     from tqdm.auto import tqdm
 
@@ -415,7 +427,10 @@ def per_sample_gradients(
     checked = not check_per_sample or noisy
     # no_grad: frozen parameters that still require grad (e.g. a trainable head that is not
     # selected) must not build an autograd graph; torch.func.grad ignores the outer no_grad.
-    with torch.no_grad(), tqdm(total=total, disable=not progress, unit="sample", desc="per-sample gradients") as bar:
+    with (
+        torch.no_grad(),
+        tqdm(total=total, disable=not progress, unit="sample", desc="per-sample gradients") as bar,
+    ):
         for batch, size in iter_batches(data, device):
             for s in range(0, size, chunk_size):
                 chunk = _slice(batch, s, min(s + chunk_size, size))

@@ -8,8 +8,9 @@ raises the loss at test point ``z_t`` = harmful**, negative = helpful.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -85,7 +86,9 @@ def _gradients(data, name, model, loss_fn, kw) -> tuple[BlockGradients, float]:
     if isinstance(data, BlockGradients):
         return data, 0.0
     if model is None or loss_fn is None:
-        raise InputError(f"{name}: without model and loss_fn it must be a BlockGradients from a previous call")
+        raise InputError(
+            f"{name}: without model and loss_fn it must be a BlockGradients from a previous call"
+        )
     t0 = time.perf_counter()
     g = per_sample_gradients(model, loss_fn, data, **kw)
     return g, time.perf_counter() - t0

@@ -223,8 +223,12 @@ def minilm_lora_setup(
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     n_pos = total // 2
     if n_pos > len(pos) or total - n_pos > len(neg):
-        raise InputError(f"n_train + n_test = {total} exceeds the lexicon's {len(words)} words at this min_abs_rating")
-    idx = np.concatenate([rng.choice(pos, n_pos, replace=False), rng.choice(neg, total - n_pos, replace=False)])
+        raise InputError(
+            f"n_train + n_test = {total} exceeds the lexicon's {len(words)} words at this min_abs_rating"
+        )
+    idx = np.concatenate(
+        [rng.choice(pos, n_pos, replace=False), rng.choice(neg, total - n_pos, replace=False)]
+    )
     idx = rng.permutation(idx)
     tr, te = idx[:n_train], idx[n_train:]
     clean = labels[tr].copy()
@@ -249,7 +253,13 @@ def minilm_lora_setup(
         texts = [words[i] for i in ids]
         out = []
         for s in range(0, len(ids), batch_size):
-            enc = tok(texts[s : s + batch_size], padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+            enc = tok(
+                texts[s : s + batch_size],
+                padding="max_length",
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
             out.append(
                 {
                     "input_ids": enc["input_ids"].to(device),
@@ -277,7 +287,7 @@ def minilm_lora_setup(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     setup = MiniLMSetup(
         model=model,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +72,9 @@ class _ModelProducts:
         self.device = model_device(chosen)
         self.dtype = next(iter(chosen.values())).dtype
         if len({p.dtype for p in chosen.values()}) > 1:
-            raise DTypeError("params: the selected parameters have different dtypes; select parameters of one dtype")
+            raise DTypeError(
+                "params: the selected parameters have different dtypes; select parameters of one dtype"
+            )
         self.noisy = warn_if_dropout(model, stacklevel=4)
         self.batches = list(iter_batches(data, self.device, name))
         if not self.batches:
@@ -102,7 +105,9 @@ class _ModelProducts:
         rand = "different" if self.noisy else "error"
         batched = vmap(single, in_dims=(None, None, 0), randomness=rand)
         acc = torch.zeros((k, self.size), dtype=self.dtype, device=self.device)
-        with torch.no_grad():  # torch.func transforms ignore it; it keeps frozen-but-trainable tensors graph-free
+        with (
+            torch.no_grad()
+        ):  # torch.func transforms ignore it; it keeps frozen-but-trainable tensors graph-free
             for batch, size in batches:
                 for s in range(0, size, self.chunk_rows):
                     chunk = _slice(batch, s, min(s + self.chunk_rows, size))
@@ -261,7 +266,9 @@ def ggn_operator(
     """
     P = _ModelProducts(model, data, params, chunk_size, "data")
     if not callable(output_fn) or not callable(output_loss):
-        raise InputError("output_fn, output_loss: expected callables output_fn(model, batch), output_loss(outputs, batch)")
+        raise InputError(
+            "output_fn, output_loss: expected callables output_fn(model, batch), output_loss(outputs, batch)"
+        )
 
     def outputs(p, batch):
         f = output_fn(_Functional(model, p), batch)

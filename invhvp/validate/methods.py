@@ -123,13 +123,17 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def run_method(problem, method: Method, damping, device=None, seed: int = 0) -> MethodRun:
-    """Influence matrix of ``problem`` with ``method``, timed.
+def run_method(problem, method: Method, damping, device=None, seed: int = 0, n_pairs: int = 20) -> MethodRun:
+    """Influence of every training point on ``1 + n_pairs`` queries with ``method``, timed.
 
-    Calls :func:`invhvp.influence_matrix` (closed forms for Exact, DataInf and Identity; for
-    iterative solvers one :func:`invhvp.solve` on the block-diagonal Gram operator with the
-    ``m`` test gradients as right-hand sides).  A solver failure (e.g. LiSSA divergence,
-    raised as :class:`~invhvp.ConvergenceError`) becomes the run's ``status``.
+    The queries are the *average* test gradient ``(1/m) Σ_t g_t`` (its influence row is the
+    average-over-test score of every training point, by linearity) and the first ``n_pairs``
+    test points (their rows give per-pair influence values).  One call of
+    :func:`invhvp.influence_matrix` computes all rows: closed forms for Exact, DataInf and
+    Identity; for iterative solvers one :func:`invhvp.solve` on the block-diagonal Gram
+    operator with the ``1 + n_pairs`` query gradients as right-hand sides.  A solver failure
+    (e.g. LiSSA divergence, raised as :class:`~invhvp.ConvergenceError`) becomes the run's
+    ``status`` and no values are returned.
 
     Parameters
     ----------
@@ -142,10 +146,14 @@ def run_method(problem, method: Method, damping, device=None, seed: int = 0) -> 
         float64 torch tensors on that device.
     seed : int
         Seed for stochastic solvers that accept an ``rng``.
+    n_pairs : int
+        Individual test points whose influence rows are also computed.
 
     Returns
     -------
     MethodRun
+        ``influence`` is ``(1 + n_pairs, n)``: row 0 the average-over-test score, then one row
+        per test point; positive = harmful.
     """
     import invhvp
 
@@ -153,19 +161,25 @@ def run_method(problem, method: Method, damping, device=None, seed: int = 0) -> 
         solver = method.make(seed)
     except (ImportError, AttributeError, TypeError) as exc:
         return MethodRun(method.name, None, float("nan"), "unavailable", f"{type(exc).__name__}: {exc}")
+    p = min(int(n_pairs), problem.n_test)
     U = [_to_backend(g, device) for g in problem.train_grads]
-    T = [_to_backend(g, device) for g in problem.test_grads]
+    Q = [
+        _to_backend(np.concatenate([g.mean(axis=0, keepdims=True), g[:p]]), device)
+        for g in problem.test_grads
+    ]
     _sync(device)
     t0 = time.perf_counter()
     try:
-        infl = invhvp.influence_matrix(U, T, solver, damping=list(damping), side="test")
+        infl = invhvp.influence_matrix(U, Q, solver, damping=list(damping), side="test")
         _sync(device)
     except invhvp.ConvergenceError as exc:
         res = exc.result
         status = res.status.value if res is not None else "failed"
         return MethodRun(method.name, None, time.perf_counter() - t0, status, _short(str(exc)))
     except Exception as exc:  # noqa: BLE001 - a failing method is reported, not fatal
-        return MethodRun(method.name, None, time.perf_counter() - t0, "error", f"{type(exc).__name__}: {exc}")
+        return MethodRun(
+            method.name, None, time.perf_counter() - t0, "error", _short(f"{type(exc).__name__}: {exc}")
+        )
     seconds = time.perf_counter() - t0
     infl = _to_numpy(infl)
     if not np.all(np.isfinite(infl)):

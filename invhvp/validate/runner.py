@@ -40,6 +40,8 @@ class ValidateConfig:
         Steps and seeds per batch size in that study.
     datainf_max_dim : int
         Largest ``min(n, d_l)`` for which DataInf's true error is computed.
+    n_pairs : int
+        Test points whose individual influence rows are computed (``pearson_pairs``).
     device : str or None
         ``None``: numpy on the host; otherwise a torch device for the solves.
     seed : int
@@ -55,6 +57,7 @@ class ValidateConfig:
     lissa_steps: int = 400
     lissa_repeats: int = 3
     datainf_max_dim: int = 2048
+    n_pairs: int = 20
     device: str | None = None
     seed: int = 0
 
@@ -195,6 +198,7 @@ def run_validation(
         rows = influence_study(
             problems,
             methods,
+            n_pairs=cfg.n_pairs,
             device=cfg.device,
             seed=cfg.seed,
             progress=lambda label: (bar.set_postfix_str(label), bar.update(1)),

@@ -72,7 +72,7 @@ def auc(scores, positives) -> float:
     return float((r[p].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def influence_study(problems, methods, device=None, seed: int = 0, progress=None):
+def influence_study(problems, methods, device=None, seed: int = 0, n_pairs: int = 20, progress=None):
     """Approximation error, mislabel detection and runtime of every method on every problem.
 
     For each problem the exact per-block inverse (the method named ``"exact"``) is the
@@ -80,9 +80,11 @@ def influence_study(problems, methods, device=None, seed: int = 0, progress=None
 
     - ``pearson``, ``spearman``: correlation of the *average-over-test* influence score of each
       training point with the exact one (the DataInf Fig. 1 quantity);
-    - ``pearson_pairs``: Pearson correlation over all ``m×n`` (test, train) influence values;
+    - ``pearson_pairs``: Pearson correlation over the ``n_pairs × n`` individual (test, train)
+      influence values;
     - ``auc``: AUC of the average-over-test score (positive = harmful) for the flipped labels;
-    - ``seconds``: wall time of the method's solves and products.
+    - ``seconds``: wall time of the method's solves and products for the ``1 + n_pairs``
+      queries (see :func:`~invhvp.validate.methods.run_method`).
 
     Parameters
     ----------
@@ -92,6 +94,7 @@ def influence_study(problems, methods, device=None, seed: int = 0, progress=None
     device : str, optional
         Passed to :func:`~invhvp.validate.methods.run_method`.
     seed : int
+    n_pairs : int
     progress : callable, optional
         ``progress(label)`` after each method run (e.g. a tqdm update).
 
@@ -104,11 +107,11 @@ def influence_study(problems, methods, device=None, seed: int = 0, progress=None
         lam = default_damping(prob.train_grads)
         runs = {}
         for m in methods:
-            runs[m.name] = run_method(prob, m, lam, device=device, seed=seed)
+            runs[m.name] = run_method(prob, m, lam, device=device, seed=seed, n_pairs=n_pairs)
             if progress:
                 progress(f"{prob.setting} r={prob.rank} {m.name}")
         ref = runs.get("exact")
-        ref_score = None if ref is None or ref.influence is None else ref.influence.mean(axis=0)
+        ref_ok = ref is not None and ref.influence is not None
         for m in methods:
             run = runs[m.name]
             row = {
@@ -128,12 +131,13 @@ def influence_study(problems, methods, device=None, seed: int = 0, progress=None
                 "note": run.note,
             }
             if run.influence is not None:
-                score = run.influence.mean(axis=0)
+                score = run.influence[0]
                 row["auc"] = auc(score, prob.flipped)
-                if ref_score is not None:
-                    row["pearson"] = pearson(score, ref_score)
-                    row["spearman"] = spearman(score, ref_score)
-                    row["pearson_pairs"] = pearson(run.influence, ref.influence)
+                if ref_ok:
+                    row["pearson"] = pearson(score, ref.influence[0])
+                    row["spearman"] = spearman(score, ref.influence[0])
+                    if run.influence.shape[0] > 1:
+                        row["pearson_pairs"] = pearson(run.influence[1:], ref.influence[1:])
             rows.append(row)
     return rows
 
