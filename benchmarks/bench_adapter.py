@@ -59,7 +59,9 @@ def main(argv=None):
         f"threads {torch.get_num_threads()}, device {args.device}, LoRA rank {args.rank} on query/value, "
         f"max_length {args.max_length}, chunk {args.chunk_size}"
     )
-    print("| n train | m test | d (LoRA) | setup s | grad samples/s | solver | solve s | end-to-end s | corr vs exact | status |")
+    print(
+        "| n train | m test | d (LoRA) | setup s | grad samples/s | solver | solve s | end-to-end s | corr vs exact | status |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.n_train:
         t0 = time.perf_counter()

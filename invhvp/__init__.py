@@ -47,3 +47,12 @@ __all__ = [
     "solve",
     "choose_solver",
 ]
+
+
+def __getattr__(name):
+    # `ih.adapters` (the torch adapter) is imported on first use: `import invhvp` never imports torch.
+    if name == "adapters":
+        import importlib
+
+        return importlib.import_module(".adapters", __name__)
+    raise AttributeError(f"module 'invhvp' has no attribute {name!r}")

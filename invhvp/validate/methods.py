@@ -10,6 +10,7 @@ positive = up-weighting the training point raises the test loss = harmful.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +57,7 @@ class MethodRun:
     info: dict = field(default_factory=dict)
 
 
-def default_methods(quick: bool = True) -> list[Method]:
+def default_methods(quick: bool = True, n_queries: int = 21, lissa_budget: int | None = 300) -> list[Method]:
     """The methods of the approximation-error study (THEORY.md §7, DataInf Fig. 1).
 
     Parameters
@@ -64,6 +65,11 @@ def default_methods(quick: bool = True) -> list[Method]:
     quick : bool
         Shorten the classic LiSSA depths (1000 → 200, 5000 → 1000) so that a quick run
         finishes in minutes; the report says so.
+    n_queries : int
+        Right-hand sides per solve (prices the automatic LiSSA budget).
+    lissa_budget : int or None
+        Budget of the automatic LiSSA plan in full Gram products per right-hand side and
+        block (``max_matvec = lissa_budget · n_queries``); ``None``: no budget.
     """
     import invhvp
 
@@ -73,7 +79,10 @@ def default_methods(quick: bool = True) -> list[Method]:
         Method("exact", "Exact per-block inverse (Woodbury/Cholesky)", lambda s: invhvp.Exact()),
         Method("datainf", "DataInf (Sherman-Morrison swap)", lambda s: invhvp.DataInf()),
         Method(
-            "lissa-auto", "LiSSA, automatic (η, B, T) for a relative error 0.1 per block", lambda s: L(rng=s)
+            "lissa-auto",
+            "LiSSA, automatic (η, B, T) for a relative error 0.1 per block"
+            + (f", budget {lissa_budget} full products per column and block" if lissa_budget else ""),
+            lambda s: L(rng=s, max_matvec=None if lissa_budget is None else lissa_budget * n_queries),
         ),
         Method(
             f"lissa-s10-d{d1}",
@@ -132,8 +141,9 @@ def run_method(problem, method: Method, damping, device=None, seed: int = 0, n_p
     :func:`invhvp.influence_matrix` computes all rows: closed forms for Exact, DataInf and
     Identity; for iterative solvers one :func:`invhvp.solve` on the block-diagonal Gram
     operator with the ``1 + n_pairs`` query gradients as right-hand sides.  A solver failure
-    (e.g. LiSSA divergence, raised as :class:`~invhvp.ConvergenceError`) becomes the run's
-    ``status`` and no values are returned.
+    (LiSSA divergence, non-finite values, non-positive curvature) becomes the run's ``status``
+    and no values are returned; a solver that ran out of its budget (``max_iter``) keeps its
+    values, flagged by the status.
 
     Parameters
     ----------
@@ -170,8 +180,17 @@ def run_method(problem, method: Method, damping, device=None, seed: int = 0, n_p
     _sync(device)
     t0 = time.perf_counter()
     try:
-        infl = invhvp.influence_matrix(U, Q, solver, damping=list(damping), side="test")
-        _sync(device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            infl = invhvp.influence_matrix(
+                U, Q, solver, damping=list(damping), side="test", on_failure="warn"
+            )
+            _sync(device)
+        failures = [str(w.message) for w in caught if "ended with status" in str(w.message)]
+        statuses = {m.split("ended with status", 1)[1].split()[0].rstrip(":") for m in failures}
+        fatal = sorted(statuses & {"diverged", "nonfinite", "nonpositive_curvature"})
+        if fatal:
+            return MethodRun(method.name, None, time.perf_counter() - t0, fatal[0], _short(failures[0]))
     except invhvp.ConvergenceError as exc:
         res = exc.result
         status = res.status.value if res is not None else "failed"
@@ -184,6 +203,8 @@ def run_method(problem, method: Method, damping, device=None, seed: int = 0, n_p
     infl = _to_numpy(infl)
     if not np.all(np.isfinite(infl)):
         return MethodRun(method.name, None, seconds, "nonfinite", "non-finite influence values")
+    if statuses:  # e.g. max_iter: the budget ran out, the values are kept and flagged
+        return MethodRun(method.name, infl, seconds, sorted(statuses)[0], _short(failures[0]))
     return MethodRun(method.name, infl, seconds, "ok", "")
 
 

@@ -42,6 +42,9 @@ class ValidateConfig:
         Largest ``min(n, d_l)`` for which DataInf's true error is computed.
     n_pairs : int
         Test points whose individual influence rows are computed (``pearson_pairs``).
+    lissa_budget : int or None
+        Budget of the automatic LiSSA plan (full products per column and block); ``None`` in
+        ``full`` mode.
     device : str or None
         ``None``: numpy on the host; otherwise a torch device for the solves.
     seed : int
@@ -58,6 +61,7 @@ class ValidateConfig:
     lissa_repeats: int = 3
     datainf_max_dim: int = 2048
     n_pairs: int = 20
+    lissa_budget: int | None = 300
     device: str | None = None
     seed: int = 0
 
@@ -83,6 +87,8 @@ def preset(mode: str, **overrides) -> ValidateConfig:
             digits=DigitsConfig(n_pretrain=400, n_train=1000, n_test=200),
             minilm={"n_train": 1000, "n_test": 100, "finetune_steps": 150},
             lissa_quick=False,
+            lissa_budget=None,
+            n_pairs=100,
             lissa_batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             lissa_steps=1000,
             lissa_repeats=5,
@@ -153,7 +159,7 @@ def run_validation(
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    methods = default_methods(quick=cfg.lissa_quick)
+    methods = default_methods(quick=cfg.lissa_quick, n_queries=1 + cfg.n_pairs, lissa_budget=cfg.lissa_budget)
     notes = []
     if cfg.mode != "full":
         notes.append(
@@ -164,6 +170,13 @@ def run_validation(
         notes.append(
             "Classic LiSSA depths are shortened (scale 10: depth 200 instead of 1000; scale 50: "
             "depth 1000 instead of 5000); `--full` runs the published depths."
+        )
+    if cfg.lissa_budget is not None:
+        notes.append(
+            f"The automatic LiSSA plan gets a budget of {cfg.lissa_budget} full Gram products per "
+            "right-hand side and block; where its plan for 10% error needs more (small damping "
+            "makes it need thousands of steps), it runs the best plan within the budget and is "
+            "marked `max_iter`. `--full` runs it without a budget."
         )
     if tuple(cfg.ranks) != ALL_RANKS:
         notes.append(f"Digits ranks: {list(cfg.ranks)} (not all of 1, 2, 4, 8).")
