@@ -57,7 +57,9 @@ class MethodRun:
     info: dict = field(default_factory=dict)
 
 
-def default_methods(quick: bool = True, n_queries: int = 21, lissa_budget: int | None = 300) -> list[Method]:
+def default_methods(
+    quick: bool = True, n_queries: int = 21, lissa_budget: int | None = 300, cg_maxiter: int = 500
+) -> list[Method]:
     """The methods of the approximation-error study (THEORY.md §7, DataInf Fig. 1).
 
     Parameters
@@ -70,6 +72,9 @@ def default_methods(quick: bool = True, n_queries: int = 21, lissa_budget: int |
     lissa_budget : int or None
         Budget of the automatic LiSSA plan in full Gram products per right-hand side and
         block (``max_matvec = lissa_budget · n_queries``); ``None``: no budget.
+    cg_maxiter : int
+        Iteration limit of CG (on the whole block-diagonal operator); reaching it keeps the
+        values and marks the run ``max_iter``.
     """
     import invhvp
 
@@ -99,7 +104,11 @@ def default_methods(quick: bool = True, n_queries: int = 21, lissa_budget: int |
             "LiSSA, 10 full-batch iterations, scale 1 (η = 1)",
             lambda s: L.from_scale(1.0, 10, batch_size="full", rng=s),
         ),
-        Method("cg", "Conjugate gradient (rtol 1e-6)", lambda s: invhvp.CG(rtol=1e-6)),
+        Method(
+            "cg",
+            f"Conjugate gradient (rtol 1e-6, at most {cg_maxiter} iterations)",
+            lambda s: invhvp.CG(rtol=1e-6, maxiter=cg_maxiter),
+        ),
         Method("identity", "Hessian-free: identity in place of the inverse", lambda s: invhvp.Identity()),
     ]
 

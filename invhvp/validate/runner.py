@@ -52,7 +52,7 @@ class ValidateConfig:
 
     mode: str = "quick"
     ranks: tuple = ALL_RANKS
-    minilm_ranks: tuple = (1, 8)
+    minilm_ranks: tuple = ALL_RANKS
     digits: DigitsConfig = field(default_factory=DigitsConfig)
     minilm: dict = field(default_factory=dict)
     lissa_quick: bool = True
@@ -72,7 +72,7 @@ def preset(mode: str, **overrides) -> ValidateConfig:
         cfg = ValidateConfig(
             mode="quick",
             ranks=ALL_RANKS,
-            minilm_ranks=(1, 8),
+            minilm_ranks=ALL_RANKS,
             digits=DigitsConfig(n_pretrain=400, n_train=500, n_test=100),
             minilm={"n_train": 200, "n_test": 40, "finetune_steps": 60},
             lissa_quick=True,

@@ -217,7 +217,7 @@ def lissa_batch_rows(
     repeats: int = 3,
     seed: int = 0,
     block=None,
-    target_threshold: float = 16.0,
+    target_threshold: float = 12.0,
 ):
     """LiSSA error versus batch size on one block, beside the predicted threshold and bound.
 
