@@ -25,9 +25,10 @@ __all__ = [
     "check_float_dtype",
     "check_finite",
     "check_compatible",
+    "check_factor",
+    "to_host",
     "cholesky",
     "cho_solve",
-    "as_float",
 ]
 
 
@@ -37,9 +38,7 @@ def namespace(*arrays):
         return array_api_compat.array_namespace(*arrays)
     except TypeError as exc:  # mixed libraries or unsupported types
         kinds = sorted({type(a).__module__ + "." + type(a).__name__ for a in arrays})
-        raise DTypeError(
-            f"expected numpy arrays or torch tensors from one library, got {kinds}"
-        ) from exc
+        raise DTypeError(f"expected numpy arrays or torch tensors from one library, got {kinds}") from exc
 
 
 def is_torch(xp) -> bool:
@@ -94,9 +93,7 @@ def check_float_dtype(x, name: str):
     try:
         normalize_dtype(x.dtype)
     except DTypeError:
-        raise DTypeError(
-            f"{name}: expected a float32 or float64 array, got dtype {x.dtype}"
-        ) from None
+        raise DTypeError(f"{name}: expected a float32 or float64 array, got dtype {x.dtype}") from None
 
 
 def check_finite(xp, x, name: str):
@@ -114,9 +111,7 @@ def check_compatible(x, *, xp, dtype, device, name: str):
     try:
         x_xp = array_api_compat.array_namespace(x)
     except TypeError:
-        raise DTypeError(
-            f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}"
-        ) from None
+        raise DTypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}") from None
     if x_xp is not xp:
         raise DTypeError(
             f"{name}: array library mismatch: operator uses {xp.__name__.split('.')[-1]}, "
@@ -125,9 +120,7 @@ def check_compatible(x, *, xp, dtype, device, name: str):
     if x.dtype != dtype:
         raise DTypeError(f"{name}: dtype {x.dtype} does not match the operator's dtype {dtype}")
     if device_of(x) != device:
-        raise DeviceError(
-            f"{name}: on device {device_of(x)} but the operator is on device {device}"
-        )
+        raise DeviceError(f"{name}: on device {device_of(x)} but the operator is on device {device}")
 
 
 def check_matrix(x, name: str):
@@ -135,9 +128,30 @@ def check_matrix(x, name: str):
         raise ShapeError(f"{name}: expected a 2-D array, got shape {tuple(getattr(x, 'shape', ()))}")
 
 
-def as_float(x) -> float:
-    """Python float from a 0-d array or number (a scalar device sync for CUDA tensors)."""
-    return float(x)
+def check_factor(x, name: str):
+    """Validate an ``(n, d)`` float32/float64 array with ``n, d >= 1``; return ``(xp, n, d)``.
+
+    The common check of per-sample gradient matrices and low-rank factors (finiteness is
+    left to the caller, which may have a cheaper way to check it).
+    """
+    xp = namespace(x)
+    check_float_dtype(x, name)
+    check_matrix(x, name)
+    n, d = (int(s) for s in x.shape)
+    if n == 0 or d == 0:
+        raise ShapeError(f"{name}: expected at least one row and one column, got shape ({n}, {d})")
+    return xp, n, d
+
+
+def to_host(x, dtype=None) -> np.ndarray:
+    """A numpy copy of ``x`` (numpy array or torch tensor), optionally cast to ``dtype``.
+
+    Inside a solve only for small arrays (``k`` column norms, probe values, ``min(n, d)``
+    eigenvalues): never a ``d``-sized vector or matrix.
+    """
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
 
 
 def is_real_scalar(x) -> bool:

@@ -36,13 +36,11 @@ def _mean_eig(op) -> float:
 
 
 def _grads_mean_eig(g, name) -> float:
-    xp = Bk.namespace(g)
-    Bk.check_float_dtype(g, name)
-    Bk.check_matrix(g, name)
-    n, d = (int(s) for s in g.shape)
-    if n == 0 or d == 0:
-        raise InputError(f"{name}: expected at least one row and one column, got shape ({n}, {d})")
-    return float(xp.sum(row_sq_norms(g))) / (n * d)
+    xp, n, d = Bk.check_factor(g, name)
+    v = float(xp.sum(row_sq_norms(g))) / (n * d)
+    if not math.isfinite(v):
+        Bk.check_finite(xp, g, name)  # NaN/inf entries: raise NonFiniteError naming the argument
+    return v
 
 
 def default_damping(op, factor: float = 0.1):

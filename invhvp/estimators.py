@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _backend as Bk
+from .bounds.datainf import row_sq_norms
 from .errors import InputError, OperatorTooLargeError, UnsupportedOperatorError
 from .operators import BlockDiagonal, Dense, LowRankPlusIdentity, Operator
 
@@ -384,9 +385,7 @@ def _stats(vals_np):
 
 
 def _host_vec(v):
-    if hasattr(v, "detach"):
-        return v.detach().to("cpu").double().numpy()  # m probe values, not d-sized
-    return np.asarray(v, dtype=np.float64)
+    return Bk.to_host(v, np.float64)  # m probe values or eigenvalues, not d-sized
 
 
 def _hutchinson(op, m, rng, counter):
@@ -421,7 +420,7 @@ def _exact_trace(op):
     elif isinstance(op, Dense):
         v = float(xp.sum(xp.linalg.diagonal(op.matrix)))
     elif isinstance(op, LowRankPlusIdentity):
-        v = op.shift * op.size + op.scale * float(xp.sum(op.factor * op.factor))
+        v = op.shift * op.size + op.scale * float(xp.sum(row_sq_norms(op.factor)))
     else:
         raise UnsupportedOperatorError(
             f"trace(method='exact') needs structure (Dense, LowRankPlusIdentity, BlockDiagonal), "

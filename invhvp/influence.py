@@ -36,26 +36,20 @@ GRAM_MAX_ELEMENTS = 1 << 26
 
 # ----------------------------------------------------------------------------- inputs
 def _as_blocks(grads, name):
+    if grads is None:
+        raise InputError(f"{name}: expected an (n, d) array or a non-empty sequence of them, got None")
     blocks = list(grads) if isinstance(grads, (list, tuple)) else [grads]
     if not blocks:
         raise InputError(f"{name}: expected an (n, d) array or a non-empty sequence of them")
     names = [name] if not isinstance(grads, (list, tuple)) else [f"{name}[{i}]" for i in range(len(blocks))]
     for g, nm in zip(blocks, names):
-        Bk.namespace(g)
-        Bk.check_float_dtype(g, nm)
-        Bk.check_matrix(g, nm)
-        if g.shape[0] == 0 or g.shape[1] == 0:
-            raise ShapeError(f"{nm}: expected at least one row and one column, got shape {tuple(g.shape)}")
+        Bk.check_factor(g, nm)
     return blocks, names
 
 
-def _check_finite(xp, x, name):
-    """Fast path: a finite sum implies finite entries (NaN/inf propagate); else the full scan."""
-    if not bool(xp.isfinite(xp.sum(x))):
-        Bk.check_finite(xp, x, name)
-
-
-def _prepare(train_grads, test_grads=None):
+def _prepare(train_grads, test_grads, *, need_test=True):
+    if need_test and test_grads is None:
+        _as_blocks(None, "test_grads")  # raises InputError naming the argument
     train, tnames = _as_blocks(train_grads, "train_grads")
     first = train[0]
     xp = Bk.namespace(first)
@@ -67,7 +61,7 @@ def _prepare(train_grads, test_grads=None):
             raise ShapeError(
                 f"{nm}: has {g.shape[0]} rows, but {tnames[0]} has {n}: one row per training point"
             )
-        _check_finite(xp, g, nm)
+        Bk.check_finite(xp, g, nm)
     test = None
     if test_grads is not None:
         test, vnames = _as_blocks(test_grads, "test_grads")
@@ -80,7 +74,7 @@ def _prepare(train_grads, test_grads=None):
                 raise ShapeError(f"{nm}: has {v.shape[1]} columns, but the training block has {g.shape[1]}")
             if int(v.shape[0]) != m:
                 raise ShapeError(f"{nm}: has {v.shape[0]} rows, but {vnames[0]} has {m}")
-            _check_finite(xp, v, nm)
+            Bk.check_finite(xp, v, nm)
     return xp, train, test
 
 
@@ -92,7 +86,7 @@ def _damping(train, damping, damping_factor, solver):
     else:
         try:
             lams = tuple(float(v) for v in damping)
-        except TypeError:
+        except (TypeError, ValueError):
             raise DampingError(
                 f"damping: expected None, a number or one number per block, got {type(damping).__name__}"
             ) from None
@@ -186,32 +180,23 @@ def _exact_block(xp, out, T, U, lam, chunk_size):
         out[sl, :] -= n * Bk.cho_solve(xp, L, P.T).T
 
 
-def _generic_test_side(xp, out, train, test, lams, solver, chunk_size, on_failure):
+def _generic(xp, out, train, test, lams, solver, chunk_size, on_failure, rhs_side):
+    """``out -= T (G + λI)⁻¹ Uᵀ`` through :func:`solve`, the ``rhs_side`` gradients as right-hand sides."""
     op = _operator(train)
     damp = lams if len(lams) > 1 else lams[0]
-    m = int(test[0].shape[0])
-    for sl in row_chunks(m, _rows(op.size, chunk_size)):
-        rhs = xp.concat([v[sl, :].T for v in test], axis=0)
+    rhs_blocks, other = (test, train) if rhs_side == "test" else (train, test)
+    for sl in row_chunks(int(rhs_blocks[0].shape[0]), _rows(op.size, chunk_size)):
+        rhs = xp.concat([v[sl, :].T for v in rhs_blocks], axis=0)
         X = solve(op, rhs, solver, damping=damp, on_failure=on_failure).x
         off = 0
-        for g in train:
+        for g in other:
             dl = int(g.shape[1])
-            out[sl, :] -= (g @ X[off : off + dl, :]).T
+            P = g @ X[off : off + dl, :]  # (other rows) × chunk
             off += dl
-
-
-def _generic_train_side(xp, out, train, test, lams, solver, chunk_size, on_failure):
-    op = _operator(train)
-    damp = lams if len(lams) > 1 else lams[0]
-    n = int(train[0].shape[0])
-    for sl in row_chunks(n, _rows(op.size, chunk_size)):
-        rhs = xp.concat([g[sl, :].T for g in train], axis=0)
-        X = solve(op, rhs, solver, damping=damp, on_failure=on_failure).x
-        off = 0
-        for v in test:
-            dl = int(v.shape[1])
-            out[:, sl] -= v @ X[off : off + dl, :]
-            off += dl
+            if rhs_side == "test":
+                out[sl, :] -= P.T
+            else:
+                out[:, sl] -= P
 
 
 # ------------------------------------------------------------------------ public API
@@ -306,10 +291,8 @@ def influence_matrix(
         for g, v, lam in zip(train, test, lams):
             _exact_block(xp, out, v, g, lam, chunk_size)
         return out
-    if side == "train" or (side == "auto" and n < m):
-        _generic_train_side(xp, out, train, test, lams, solver, chunk_size, on_failure)
-    else:
-        _generic_test_side(xp, out, train, test, lams, solver, chunk_size, on_failure)
+    rhs_side = "train" if side == "train" or (side == "auto" and n < m) else "test"
+    _generic(xp, out, train, test, lams, solver, chunk_size, on_failure, rhs_side)
     return out
 
 
@@ -349,7 +332,7 @@ def self_influence(
     array([-0.75, -2.4 ])
     """
     _check_chunk(chunk_size)
-    xp, train, _ = _prepare(train_grads)
+    xp, train, _ = _prepare(train_grads, None, need_test=False)
     solver = _solver(solver, train)
     lams = _damping(train, damping, damping_factor, solver)
     n = int(train[0].shape[0])

@@ -24,9 +24,7 @@ DENSE_CHECK_MAX = 2048
 
 def _host64(x) -> np.ndarray:
     """float64 numpy copy of a numpy array or torch tensor (test helper: copies to host)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
+    return B.to_host(x, np.float64)
 
 
 def _like_op(op: Operator, a: np.ndarray):

@@ -258,6 +258,12 @@ def test_influence_sign_and_top_k_by_hand():
     torch.testing.assert_close(again.values, res.values)
     with pytest.raises(InputError, match="k:"):
         res.top_k(0)
+    # damping is validated like influence_matrix's: a typed error naming the argument
+    from invhvp.errors import DampingError
+
+    for bad in ("0.5x", object(), [0.5]):
+        with pytest.raises(DampingError, match="damping"):
+            influence(None, None, res.train_gradients, res.test_gradients, ih.Exact(), damping=bad)
 
 
 def test_influence_with_lissa_runs_on_the_gram_form():

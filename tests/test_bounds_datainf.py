@@ -137,6 +137,11 @@ def test_errors():
         bounds.datainf_intermediate_bound(np.ones((5, 5)), 1.0, max_work=10)
     with pytest.raises(ShapeError, match="bounds"):
         bounds.datainf_influence_error_bound([U, U], [U, U], [1.0])
+    # a test block whose width differs from its training block is not a valid pairing
+    with pytest.raises(ShapeError, match=r"test_grads\[0\]"):
+        bounds.datainf_influence_error_bound(U, np.ones((2, 3)), 1.0)
+    with pytest.raises(ShapeError, match="block 1"):
+        bounds.datainf_influence_error_bound([U, np.ones((2, 4))], [U, np.ones((2, 4))], [1.0, 1.0])
     big = bounds.datainf_certificates(np.ones((5, 5)), 1.0, max_true_dim=4, max_intermediate_work=10)
     assert big["true_error"] is None and big["intermediate"] is None
     assert big["bound"] == min(big["certificate"], big["paper_bound"])

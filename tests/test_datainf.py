@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import invhvp as ih
-from invhvp.errors import DampingError, InputError, UnsupportedOperatorError
+from invhvp.errors import DampingError, InputError, NonFiniteError, UnsupportedOperatorError
 
 
 def sample_loop_reference(U, B, lam, scale=None):
@@ -197,5 +197,9 @@ def test_default_damping_rule():
         ih.default_damping(op1, factor=0.0)
     with pytest.raises(InputError, match="op"):
         ih.default_damping("not an operator")
+    bad = U1.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(NonFiniteError, match=r"op\[1\]"):
+        ih.default_damping([U2, bad])  # NaN gradients must not give λ = nan silently
     with pytest.raises(UnsupportedOperatorError, match="trace"):
         ih.default_damping(ih.MatrixFree(lambda v: v, size=3, dtype=np.float64))

@@ -176,6 +176,12 @@ def test_matrix_free_sampler_protocol_and_block_diagonal():
     assert mf.supports_minibatch and mf.n_samples == 40
     est = mf.minibatch(4, np.random.default_rng(0))
     assert isinstance(est, ih.Operator) and est.size == 5
+    rows = U[np.random.default_rng(0).integers(0, 40, size=4)]  # the sampler's draw, recomputed
+    np.testing.assert_allclose(est.matmat(np.eye(5)), rows.T @ rows / 4, rtol=1e-12)
+    # an int seed is turned into a Generator (as for LowRankPlusIdentity.minibatch)
+    np.testing.assert_allclose(mf.minibatch(4, 0).matmat(np.eye(5)), rows.T @ rows / 4, rtol=1e-12)
+    with pytest.raises(InputError, match="batch_size"):
+        mf.minibatch(0, 0)
     mf2 = ih.MatrixFree(lambda v: v, size=5, dtype=np.float64, sampler=lambda b, g: ih.Dense(np.eye(3)))
     with pytest.raises(ShapeError, match="sampler"):
         mf2.minibatch(2, np.random.default_rng(0))

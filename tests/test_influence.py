@@ -180,6 +180,13 @@ def test_input_errors():
         ih.influence_matrix([bad, train[1]], test)
     with pytest.raises(ShapeError, match="train_grads"):
         ih.self_influence(np.ones(5))
+    # missing test gradients and non-numeric damping: typed errors naming the argument
+    with pytest.raises(InputError, match="test_grads"):
+        ih.influence_matrix(train, None)
+    with pytest.raises(InputError, match="test_grads"):
+        ih.average_influence(train, None)
+    with pytest.raises(DampingError, match="damping"):
+        ih.influence_matrix(train, test, damping=["a", "b"])
 
 
 @pytest.mark.skipif(not hasattr(ih, "LiSSA"), reason="LiSSA not available")

@@ -140,6 +140,15 @@ def test_bound_helpers():
         plan_lissa(1.0, 1.0, 1.0, 1.5)
 
 
+def test_zero_curvature_plan_takes_a_step():
+    """λ_max = 0 makes ρ = 0 at η = 1/λ; the plan must still take T >= 1 steps (u_0 = 0 is wrong)."""
+    p = plan_lissa(0.0, 1.0, 0.0, 0.1, n_samples=10)
+    assert p.steps >= 1 and p.predicted_error <= 0.1 and p.meets_target
+    v = np.array([1.0, -2.0, 3.0])
+    res = ih.solve(ih.Dense(np.zeros((3, 3))), v, ih.LiSSA(rng=0), damping=2.0)
+    np.testing.assert_allclose(res.x, v / 2.0, rtol=1e-12)
+
+
 # ------------------------------------------------------------------------ automatic plan
 
 

@@ -100,3 +100,24 @@ def test_check_operator_tolerance_is_relative():
     with pytest.raises(OperatorContractError, match="not symmetric"):
         check_operator(op)
     check_operator(op, rtol=1e-6)
+
+
+def test_low_rank_diagonal_and_exact_trace_form_no_factor_sized_temporary():
+    """diag(sUᵀU) and tr(sUᵀU) are reductions over U: no n×d temporary (``U * U``)."""
+    import tracemalloc
+
+    U = np.random.default_rng(3).standard_normal((1500, 1000))
+    op = ih.LowRankPlusIdentity(U, shift=0.5)
+    want_diag = 0.5 + np.einsum("ij,ij->j", U, U) / 1500
+    want_trace = 0.5 * 1000 + np.einsum("ij,ij->", U, U) / 1500
+    op.diagonal(), ih.trace(op, method="exact")  # warm-up (imports, caches)
+    tracemalloc.start()
+    try:
+        diag = op.diagonal()
+        tr = ih.trace(op, method="exact").value
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(diag, want_diag, rtol=1e-12)
+    assert tr == pytest.approx(want_trace, rel=1e-12)
+    assert peak < 0.1 * U.nbytes

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from .._backend import is_real_scalar
 from ..errors import InputError
 from .gradients import BlockGradients, per_sample_gradients
 
@@ -165,7 +164,6 @@ def influence(
     (torch.Size([3, 10]), torch.Size([3, 2]))
     """
     from .. import influence as _inf
-    from ..damping import default_damping
 
     kw = dict(params=params, blocks=blocks, chunk_size=chunk_size, dtype=dtype, progress=progress)
     g_train, t_train = _gradients(train_data, "train_data", model, loss_fn, kw)
@@ -174,9 +172,8 @@ def influence(
         raise InputError(
             f"test_data: its gradient blocks {g_test.sizes} differ from train_data's {g_train.sizes}"
         )
-    if damping is None:
-        damping = default_damping(list(g_train.blocks), factor=damping_factor)
-    lams = (float(damping),) * len(g_train) if is_real_scalar(damping) else tuple(float(v) for v in damping)
+    # the same validation (typed DampingError naming the argument) and default rule as influence_matrix
+    lams = _inf._damping(list(g_train.blocks), damping, damping_factor, solver)
     t0 = time.perf_counter()
     values = _inf.influence_matrix(
         list(g_train.blocks), list(g_test.blocks), solver, damping=lams, on_failure=on_failure

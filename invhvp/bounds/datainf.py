@@ -44,12 +44,7 @@ CHUNK_ELEMENTS = 1 << 24
 
 
 def _validate(factor, damping, scale, *, name="factor"):
-    xp = Bk.namespace(factor)
-    Bk.check_float_dtype(factor, name)
-    Bk.check_matrix(factor, name)
-    n, d = (int(s) for s in factor.shape)
-    if n == 0 or d == 0:
-        raise ShapeError(f"{name}: expected at least one row and one column, got shape ({n}, {d})")
+    xp, n, d = Bk.check_factor(factor, name)
     lam = Bk.finite_scalar(damping, "damping")
     if lam <= 0.0:
         raise DampingError(
@@ -374,8 +369,19 @@ def datainf_influence_error_bound(train_grads, test_grads, bounds):
             f"got {len(bl)}"
         )
     out = None
-    for g, v, b in zip(train, test, bl):
+    for i, (g, v, b) in enumerate(zip(train, test, bl)):
         xp = Bk.namespace(g, v)
+        for a, nm in ((g, "train_grads"), (v, "test_grads")):
+            Bk.check_matrix(a, f"{nm}[{i}]")
+        if int(v.shape[1]) != int(g.shape[1]):
+            raise ShapeError(
+                f"test_grads[{i}]: has {v.shape[1]} columns, but train_grads[{i}] has {g.shape[1]}"
+            )
+        if out is not None and (int(g.shape[0]), int(v.shape[0])) != (out.shape[1], out.shape[0]):
+            raise ShapeError(
+                f"block {i}: {g.shape[0]} training and {v.shape[0]} test rows, but block 0 has "
+                f"{out.shape[1]} and {out.shape[0]}"
+            )
         b = Bk.finite_scalar(b, "bounds", minimum=0.0)
         term = b * (xp.sqrt(row_sq_norms(v))[:, None] * xp.sqrt(row_sq_norms(g))[None, :])
         out = term if out is None else out + term

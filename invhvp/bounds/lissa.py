@@ -265,7 +265,9 @@ def plan_lissa(
     price = np.where(bsz > 0, bsz, full_price)
     with np.errstate(divide="ignore", invalid="ignore"):
         room = eps2 - noise
-        need = np.where(room >= 1.0, 0.0, np.ceil(np.log(np.maximum(room, 1e-300)) / np.log(rho_ok)))
+        # T = 0 returns u_0 = 0 (relative error 1 > rtol): at least one step, also when ρ = 0
+        # (η = 1/λ with σ = 0 and λ_max = 0, where log ρ = −inf would give T = 0)
+        need = np.maximum(np.ceil(np.log(np.maximum(room, 1e-300)) / np.log(rho_ok)), 1.0)
     need = np.where(ok & (room > 0), need, np.inf)
     if steps is not None:
         T_fixed = int(steps)

@@ -39,13 +39,7 @@ class LowRankPlusIdentity(Operator):
     """
 
     def __init__(self, factor, shift: float = 0.0, scale: float | None = None):
-        xp = B.namespace(factor)
-        B.check_float_dtype(factor, "factor")
-        if factor.ndim != 2:
-            raise ShapeError(f"factor: expected a 2-D (n, d) array, got shape {tuple(factor.shape)}")
-        n, d = (int(s) for s in factor.shape)
-        if n == 0 or d == 0:
-            raise ShapeError(f"factor: expected at least one row and one column, got shape ({n}, {d})")
+        xp, n, d = B.check_factor(factor, "factor")
         B.check_finite(xp, factor, "factor")
         self.shift = B.finite_scalar(shift, "shift", minimum=0.0)
         if scale is None:
@@ -79,8 +73,10 @@ class LowRankPlusIdentity(Operator):
         return G
 
     def diagonal(self):
-        xp = self._xp
-        return self.shift + self.scale * xp.sum(self.factor * self.factor, axis=0)
+        from ..bounds.datainf import row_sq_norms
+
+        # column sums of squares as a fused reduction: no n×d temporary
+        return self.shift + self.scale * row_sq_norms(self.factor.T)
 
     def gram(self):
         """The ``n×n`` matrix ``U Uᵀ`` (costs ``O(n² d)``)."""

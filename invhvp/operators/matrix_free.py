@@ -123,13 +123,10 @@ class MatrixFree(Operator):
     def _check_output(self, out, want):
         if tuple(getattr(out, "shape", ())) != want:
             raise ShapeError(
-                f"matvec/matmat callable returned shape {tuple(getattr(out, 'shape', ()))}, "
-                f"expected {want}"
+                f"matvec/matmat callable returned shape {tuple(getattr(out, 'shape', ()))}, expected {want}"
             )
         if out.dtype != self._dtype:
-            raise DTypeError(
-                f"matvec/matmat callable returned dtype {out.dtype}, expected {self._dtype}"
-            )
+            raise DTypeError(f"matvec/matmat callable returned dtype {out.dtype}, expected {self._dtype}")
 
     def to_dense(self):
         xp = self._xp
@@ -159,7 +156,14 @@ class MatrixFree(Operator):
                 "this MatrixFree operator has no `sampler`: pass MatrixFree(..., sampler=...) "
                 "for mini-batch products, or use full-batch products"
             )
-        est = self.sampler(int(batch_size), rng)
+        import numpy as np
+
+        from ..estimators import as_generator
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InputError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        # like LowRankPlusIdentity.minibatch: the sampler always gets a numpy Generator
+        est = self.sampler(int(batch_size), as_generator(rng))
         if isinstance(est, Operator):
             if est.size != self._size or est.dtype != self._dtype or est.xp is not self._xp:
                 raise ShapeError(

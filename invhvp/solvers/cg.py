@@ -292,9 +292,7 @@ _SEVERITY = {
 
 def _host(a) -> np.ndarray:
     """Small per-column arrays to numpy (a k-element device→host copy, never a d-sized one)."""
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
-    return np.asarray(a)
+    return Bk.to_host(a)
 
 
 def _sel(xp, keep: np.ndarray, like):
@@ -339,5 +337,7 @@ def _as_2d_like(x0, B, op, name):
     if tuple(x0.shape) != tuple(B.shape):
         from ..errors import ShapeError
 
-        raise ShapeError(f"{name}: expected shape {tuple(B.shape)} like the right-hand side, got {tuple(x0.shape)}")
+        raise ShapeError(
+            f"{name}: expected shape {tuple(B.shape)} like the right-hand side, got {tuple(x0.shape)}"
+        )
     return x0

@@ -19,7 +19,7 @@ _NOTE = (
 )
 
 
-def _chunk_rows(d: int, k: int, chunk_size) -> int:
+def _chunk_rows(k: int, chunk_size) -> int:
     if chunk_size is not None:
         return int(chunk_size)
     # the temporaries are (rows × k) and one d × k: only k decides whether chunking helps
@@ -42,7 +42,7 @@ def datainf_apply(U, B, lam: float, *, scale=None, chunk_size=None, sq_norms=Non
     if sq_norms is None:
         sq_norms = row_sq_norms(U, chunk_rows=chunk_size)
     w = s / (lam + (n * s) * sq_norms)  # s·D_ii
-    c = _chunk_rows(d, k, chunk_size)
+    c = _chunk_rows(k, chunk_size)
     if c >= n:
         acc = U.T @ (w[:, None] * (U @ B))
     else:

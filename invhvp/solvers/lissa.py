@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import _backend as Bk
+from ..bounds.datainf import row_sq_norms
 from ..bounds.lissa import lissa_error_bound, plan_lissa
 from ..errors import DampingError, InputError, UnsupportedOperatorError
 from ..estimators import _lanczos, as_generator, random_matrix
@@ -355,7 +356,7 @@ class LiSSA(Solver):
         elif isinstance(op, LowRankPlusIdentity):
             xp = op.xp
             sn = op.scale * op.n_rows
-            r = sn * xp.sum(op.factor * op.factor, axis=1)  # ‖g_i‖², one pass over U
+            r = sn * row_sq_norms(op.factor)  # ‖g_i‖², one fused pass over U (no n×d temporary)
             counted.counter.n += 1
             m4 = float(xp.mean(r * r))
             tr_h2_low = float(np.sum(np.square(ritz))) if ritz is not None else 0.0
@@ -463,9 +464,7 @@ def _small_spectrum(op):
 
 
 def _host(a) -> np.ndarray:
-    if hasattr(a, "detach"):
-        return a.detach().to("cpu").double().numpy()  # k column norms
-    return np.asarray(a, dtype=np.float64)
+    return Bk.to_host(a, np.float64)  # k column norms or min(n, d) eigenvalues
 
 
 # re-exported for the docs
