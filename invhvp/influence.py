@@ -17,6 +17,8 @@ float32/float64, all the same).  ``damping=None`` uses the paper's rule
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from . import _backend as Bk
 from .bounds.datainf import CHUNK_ELEMENTS, row_chunks, row_sq_norms
 from .damping import default_damping
@@ -180,14 +182,17 @@ def _exact_block(xp, out, T, U, lam, chunk_size):
         out[sl, :] -= n * Bk.cho_solve(xp, L, P.T).T
 
 
-def _generic(xp, out, train, test, lams, solver, chunk_size, on_failure, rhs_side):
+def _generic(xp, out, train, test, lams, solver, chunk_size, on_failure, rhs_side, results=None):
     """``out -= T (G + λI)⁻¹ Uᵀ`` through :func:`solve`, the ``rhs_side`` gradients as right-hand sides."""
     op = _operator(train)
     damp = lams if len(lams) > 1 else lams[0]
     rhs_blocks, other = (test, train) if rhs_side == "test" else (train, test)
     for sl in row_chunks(int(rhs_blocks[0].shape[0]), _rows(op.size, chunk_size)):
         rhs = xp.concat([v[sl, :].T for v in rhs_blocks], axis=0)
-        X = solve(op, rhs, solver, damping=damp, on_failure=on_failure).x
+        res = solve(op, rhs, solver, damping=damp, on_failure=on_failure)
+        X = res.x
+        if results is not None:
+            results.append(replace(res, x=None))  # the report, without the solution block
         off = 0
         for g in other:
             dl = int(g.shape[1])
@@ -210,6 +215,7 @@ def influence_matrix(
     side: str = "auto",
     chunk_size: int | None = None,
     on_failure: str = "raise",
+    return_results: bool = False,
 ):
     r"""Influence of every training point on every test point, ``m×n``.
 
@@ -252,10 +258,16 @@ def influence_matrix(
         Rows/columns per chunk; default keeps temporaries near ``2**24`` elements.
     on_failure : {"raise", "warn", "ignore"}
         Passed to :func:`invhvp.solve`.
+    return_results : bool, default False
+        Also return the reports of the solves: a list with one
+        :class:`~invhvp.SolveResult` per chunk of a generic solve (``x`` set to ``None``;
+        ``status``, ``n_matvec``, ``residual_norm`` and ``info`` kept), empty for the
+        closed forms (DataInf, Exact, Identity), which cannot fail silently.  Use it with
+        ``on_failure="ignore"`` to inspect statuses instead of catching warnings.
 
     Returns
     -------
-    array (m, n)
+    array (m, n), or (array, list of SolveResult) with ``return_results=True``
         Same array type, dtype and device as the gradients.
 
     Examples
@@ -278,22 +290,21 @@ def influence_matrix(
     lams = _damping(train, damping, damping_factor, solver)
     n, m = int(train[0].shape[0]), int(test[0].shape[0])
     out = xp.zeros((m, n), dtype=train[0].dtype, device=Bk.device_of(train[0]))
+    results: list = []
     if isinstance(solver, Identity):
         for g, v in zip(train, test):
             out -= v @ g.T
-        return out
-    if isinstance(solver, DataInf):
+    elif isinstance(solver, DataInf):
         cs = chunk_size if chunk_size is not None else solver.chunk_size
         for g, v, lam in zip(train, test, lams):
             _datainf_block(out, v, g, lam, cs)
-        return out
-    if all(_exact_fast(solver, g) for g in train):
+    elif all(_exact_fast(solver, g) for g in train):
         for g, v, lam in zip(train, test, lams):
             _exact_block(xp, out, v, g, lam, chunk_size)
-        return out
-    rhs_side = "train" if side == "train" or (side == "auto" and n < m) else "test"
-    _generic(xp, out, train, test, lams, solver, chunk_size, on_failure, rhs_side)
-    return out
+    else:
+        rhs_side = "train" if side == "train" or (side == "auto" and n < m) else "test"
+        _generic(xp, out, train, test, lams, solver, chunk_size, on_failure, rhs_side, results)
+    return (out, results) if return_results else out
 
 
 def self_influence(

@@ -199,3 +199,24 @@ def test_lissa_through_generic_path():
     assert np.linalg.norm(got - ref) <= 0.2 * np.linalg.norm(ref)
     avg = ih.average_influence(train, test, ih.LiSSA(rng=0, rtol=0.05), damping=lams)
     assert np.linalg.norm(avg - ref.mean(axis=0)) <= 0.2 * np.linalg.norm(ref.mean(axis=0))
+
+
+def test_return_results_reports_each_generic_solve():
+    rng = np.random.default_rng(7)
+    U = [rng.standard_normal((12, 30)), rng.standard_normal((12, 20))]
+    T = [rng.standard_normal((3, 30)), rng.standard_normal((3, 20))]
+    ref = ih.influence_matrix(U, T, ih.Exact(), damping=0.3)
+    # closed forms: no solve, no report
+    out, reports = ih.influence_matrix(U, T, ih.Exact(), damping=0.3, return_results=True)
+    np.testing.assert_allclose(out, ref)
+    assert reports == []
+    # a converged CG: one report per chunk, successful, solution dropped
+    out, reports = ih.influence_matrix(U, T, ih.CG(rtol=1e-12), damping=0.3, side="test", return_results=True)
+    np.testing.assert_allclose(out, ref, rtol=1e-8, atol=1e-10)
+    assert len(reports) == 1 and reports[0].ok and reports[0].x is None and reports[0].n_matvec > 0
+    # a starved CG: the status comes back instead of a warning
+    out, reports = ih.influence_matrix(
+        U, T, ih.CG(maxiter=1), damping=0.3, on_failure="ignore", return_results=True
+    )
+    assert [r.status for r in reports] == [ih.Status.MAX_ITER]
+    assert np.max(np.abs(out - ref)) > 1e-3

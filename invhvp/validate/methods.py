@@ -10,7 +10,6 @@ positive = up-weighting the training point raises the test loss = harmful.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,17 +188,16 @@ def run_method(problem, method: Method, damping, device=None, seed: int = 0, n_p
     _sync(device)
     t0 = time.perf_counter()
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RuntimeWarning)
-            infl = invhvp.influence_matrix(
-                U, Q, solver, damping=list(damping), side="test", on_failure="warn"
-            )
-            _sync(device)
-        failures = [str(w.message) for w in caught if "ended with status" in str(w.message)]
-        statuses = {m.split("ended with status", 1)[1].split()[0].rstrip(":") for m in failures}
-        fatal = sorted(statuses & {"diverged", "nonfinite", "nonpositive_curvature"})
+        infl, reports = invhvp.influence_matrix(
+            U, Q, solver, damping=list(damping), side="test", on_failure="ignore", return_results=True
+        )
+        _sync(device)
+        failed = [r for r in reports if not r.ok]
+        fatal = [r for r in failed if r.status.value in ("diverged", "nonfinite", "nonpositive_curvature")]
         if fatal:
-            return MethodRun(method.name, None, time.perf_counter() - t0, fatal[0], _short(failures[0]))
+            return MethodRun(
+                method.name, None, time.perf_counter() - t0, fatal[0].status.value, _short(_describe(fatal[0]))
+            )
     except invhvp.ConvergenceError as exc:
         res = exc.result
         status = res.status.value if res is not None else "failed"
@@ -212,9 +210,17 @@ def run_method(problem, method: Method, damping, device=None, seed: int = 0, n_p
     infl = _to_numpy(infl)
     if not np.all(np.isfinite(infl)):
         return MethodRun(method.name, None, seconds, "nonfinite", "non-finite influence values")
-    if statuses:  # e.g. max_iter: the budget ran out, the values are kept and flagged
-        return MethodRun(method.name, infl, seconds, sorted(statuses)[0], _short(failures[0]))
+    if failed:  # e.g. max_iter: the budget ran out, the values are kept and flagged
+        return MethodRun(method.name, infl, seconds, failed[0].status.value, _short(_describe(failed[0])))
     return MethodRun(method.name, infl, seconds, "ok", "")
+
+
+def _describe(result) -> str:
+    """One line for a failed solve: solver, status and the solver's advice."""
+    msg = f"{result.info.get('solver', 'solver')} ended with status {result.status.value}"
+    if "advice" in result.info:
+        msg += f": {result.info['advice']}"
+    return msg
 
 
 def _short(text: str, limit: int = 300) -> str:
