@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from . import _backend as Bk
-from .bounds.datainf import row_sq_norms
+from ._arrays import row_sq_norms
 from .errors import InputError, UnsupportedOperatorError
 from .operators import BlockDiagonal, Dense, LowRankPlusIdentity, Operator
 

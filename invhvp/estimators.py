@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _backend as Bk
-from .bounds.datainf import row_sq_norms
+from ._arrays import as_generator, random_matrix, row_sq_norms
 from .errors import InputError, OperatorTooLargeError, UnsupportedOperatorError
 from .operators import BlockDiagonal, Dense, LowRankPlusIdentity, Operator
 
@@ -82,36 +82,6 @@ class TraceEstimate:
     stderr: float
     method: str
     n_matvec: int
-
-
-def as_generator(rng) -> np.random.Generator:
-    """``numpy.random.Generator`` from ``None``, an int seed, a SeedSequence or a Generator."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if (
-        rng is None
-        or isinstance(rng, (int, np.integer, np.random.SeedSequence))
-        and not isinstance(rng, bool)
-    ):
-        return np.random.default_rng(rng)
-    raise InputError(f"rng: expected a numpy Generator, an int seed or None, got {type(rng).__name__}")
-
-
-def random_matrix(xp, shape, dtype, device, rng, kind="rademacher"):
-    """Random ``shape`` array on ``device``: Rademacher (±1) or standard normal."""
-    gen = as_generator(rng)
-    if Bk.is_torch(xp):
-        import torch
-
-        g = torch.Generator(device=device)
-        g.manual_seed(int(gen.integers(0, 2**62)))
-        if kind == "rademacher":
-            z = torch.randint(0, 2, shape, generator=g, device=device).to(dtype)
-            return 2 * z - 1
-        return torch.randn(shape, generator=g, device=device, dtype=dtype)
-    if kind == "rademacher":
-        return (2 * gen.integers(0, 2, size=shape) - 1).astype(dtype)
-    return gen.standard_normal(shape).astype(dtype)
 
 
 def _count(counter, k):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import _backend as Bk
-from .bounds.datainf import CHUNK_ELEMENTS, row_chunks, row_sq_norms
+from ._arrays import CHUNK_ELEMENTS, row_chunks, row_sq_norms
 from .damping import default_damping
 from .errors import DampingError, InputError, ShapeError
 from .operators import BlockDiagonal, LowRankPlusIdentity

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 from .. import _backend as Bk
+from .._arrays import CHUNK_ELEMENTS, row_chunks, row_sq_norms
 from ..errors import DampingError, InputError, OperatorTooLargeError, ShapeError
 
 __all__ = [
@@ -39,10 +40,6 @@ __all__ = [
     "datainf_influence_error_bound",
 ]
 
-#: Temporaries are bounded by this many elements (chunked over rows).
-CHUNK_ELEMENTS = 1 << 24
-
-
 def _validate(factor, damping, scale, *, name="factor"):
     xp, n, d = Bk.check_factor(factor, name)
     lam = Bk.finite_scalar(damping, "damping")
@@ -52,34 +49,6 @@ def _validate(factor, damping, scale, *, name="factor"):
         )
     s = 1.0 / n if scale is None else Bk.finite_scalar(scale, "scale", minimum=0.0, strict=True)
     return xp, n, d, lam, s
-
-
-def row_chunks(n: int, rows: int):
-    """Slices ``[i, i+rows)`` covering ``range(n)``."""
-    rows = max(1, int(rows))
-    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
-
-
-def row_sq_norms(U, *, dtype=None, chunk_rows=None):
-    """Squared row norms ``||u_i||²`` of ``U`` (length ``n``), in chunks of rows.
-
-    In ``U``'s dtype this is one fused pass without temporaries; with ``dtype`` (e.g.
-    float64 for certificates) chunks of ``chunk_rows`` rows (default: ``CHUNK_ELEMENTS``
-    elements) are cast first, so the temporary stays bounded.
-    """
-    xp = Bk.namespace(U)
-    n, d = U.shape
-    if dtype is None or dtype == U.dtype:
-        # no temporary: a fused reduction (numpy's vecdot ufunc, torch's vector_norm)
-        if Bk.is_torch(xp):
-            return xp.linalg.vector_norm(U, axis=1) ** 2
-        return xp.linalg.vecdot(U, U, axis=1)
-    c = chunk_rows if chunk_rows is not None else max(1, CHUNK_ELEMENTS // max(int(d), 1))
-    parts = []
-    for sl in row_chunks(int(n), c):
-        V = xp.astype(U[sl, :], dtype)
-        parts.append(xp.sum(V * V, axis=1))
-    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
 def _scaled_norms64(xp, U, n, s):

@@ -73,7 +73,7 @@ class LowRankPlusIdentity(Operator):
         return G
 
     def diagonal(self):
-        from ..bounds.datainf import row_sq_norms
+        from .._arrays import row_sq_norms
 
         # column sums of squares as a fused reduction: no n×d temporary
         return self.shift + self.scale * row_sq_norms(self.factor.T)
@@ -107,7 +107,7 @@ class LowRankPlusIdentity(Operator):
         """
         import numpy as np
 
-        from ..estimators import as_generator
+        from .._arrays import as_generator
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size: expected an int >= 1, got {batch_size!r}")

@@ -158,7 +158,7 @@ class MatrixFree(Operator):
             )
         import numpy as np
 
-        from ..estimators import as_generator
+        from .._arrays import as_generator
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size: expected an int >= 1, got {batch_size!r}")

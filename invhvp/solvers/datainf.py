@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..bounds.datainf import CHUNK_ELEMENTS, datainf_certificates, row_chunks, row_sq_norms
+from .._arrays import CHUNK_ELEMENTS, row_chunks, row_sq_norms
+from ..bounds.datainf import datainf_certificates
 from ..errors import DampingError, InputError, UnsupportedOperatorError
 from ..operators import BlockDiagonal, LowRankPlusIdentity, Operator
 from .base import Counted, Outcome, Solver, damping_for_blocks

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from .. import _backend as Bk
-from ..bounds.datainf import row_sq_norms
+from .._arrays import as_generator, random_matrix, row_sq_norms
 from ..bounds.lissa import lissa_error_bound, plan_lissa
 from ..errors import DampingError, InputError, UnsupportedOperatorError
-from ..estimators import _lanczos, as_generator, random_matrix
+from ..estimators import _lanczos
 from ..operators import BlockDiagonal, Dense, LowRankPlusIdentity, MatrixFree, Operator
 from ..result import Status
 from .base import Counted, Outcome, Solver, damping_for_blocks
