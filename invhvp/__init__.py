@@ -5,16 +5,32 @@ Flat public API::
     import invhvp as ih
     res = ih.solve(ih.LowRankPlusIdentity(U), b, ih.Exact(), damping=1e-3)
     res.x, res.status, res.residual_norm, res.info
+    inv = ih.inverse(ih.LowRankPlusIdentity(U), damping=1e-3)   # factor once
+    inv @ b, inv.solve(B), inv.quad(T)                        # apply many times
 """
 
 from . import bounds, errors, estimators
 from .damping import default_damping
 from .errors import ConvergenceError
 from .estimators import EigEstimate, TraceEstimate, lambda_max, trace
-from .influence import average_influence, influence_matrix, self_influence
+from .influence import average_influence, gradient_inverse, influence_matrix, self_influence
 from .operators import BlockDiagonal, Dense, LowRankPlusIdentity, MatrixFree, Operator
 from .result import SolveResult, Status
-from .solvers import CG, DataInf, Exact, Identity, LiSSA, Solver, choose_solver, solve
+from .solvers import (
+    CG,
+    BlockInverse,
+    DataInf,
+    Exact,
+    Identity,
+    Inverse,
+    Jacobi,
+    LiSSA,
+    Preconditioner,
+    Solver,
+    choose_solver,
+    inverse,
+    solve,
+)
 
 __version__ = "0.1.0"
 
@@ -31,6 +47,7 @@ __all__ = [
     "influence_matrix",
     "self_influence",
     "average_influence",
+    "gradient_inverse",
     "bounds",
     "errors",
     "ConvergenceError",
@@ -45,6 +62,11 @@ __all__ = [
     "Exact",
     "CG",
     "solve",
+    "inverse",
+    "Inverse",
+    "BlockInverse",
+    "Preconditioner",
+    "Jacobi",
     "choose_solver",
 ]
 

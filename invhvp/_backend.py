@@ -96,6 +96,24 @@ def check_float_dtype(x, name: str):
         raise DTypeError(f"{name}: expected a float32 or float64 array, got dtype {x.dtype}") from None
 
 
+def check_array(x, name: str):
+    """Namespace of a float32/float64 numpy array or torch tensor holding data; typed errors otherwise.
+
+    Refuses other types (lists, scipy objects, ...) with DTypeError and torch tensors on the
+    ``meta`` device (no data to compute with) with DeviceError, naming ``name``.
+    """
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        raise DTypeError(
+            f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}"
+            + ("; convert it with numpy.asarray(...)" if isinstance(x, (list, tuple)) else "")
+        )
+    xp = namespace(x)
+    check_float_dtype(x, name)
+    if is_torch(xp) and x.device.type == "meta":
+        raise DeviceError(f"{name}: is a torch tensor on the 'meta' device (no data); move it to a real device")
+    return xp
+
+
 def check_finite(xp, x, name: str):
     """Raise NonFiniteError if ``x`` contains NaN or infinity (one scalar sync on GPU)."""
     # Fast path: a finite sum implies every entry is finite (NaN and ±inf propagate);
@@ -111,7 +129,10 @@ def check_compatible(x, *, xp, dtype, device, name: str):
     try:
         x_xp = array_api_compat.array_namespace(x)
     except TypeError:
-        raise DTypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}") from None
+        raise DTypeError(
+            f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}"
+            + ("; convert it with numpy.asarray(...)" if isinstance(x, (list, tuple)) else "")
+        ) from None
     if x_xp is not xp:
         raise DTypeError(
             f"{name}: array library mismatch: operator uses {xp.__name__.split('.')[-1]}, "
@@ -134,8 +155,7 @@ def check_factor(x, name: str):
     The common check of per-sample gradient matrices and low-rank factors (finiteness is
     left to the caller, which may have a cheaper way to check it).
     """
-    xp = namespace(x)
-    check_float_dtype(x, name)
+    xp = check_array(x, name)
     check_matrix(x, name)
     n, d = (int(s) for s in x.shape)
     if n == 0 or d == 0:

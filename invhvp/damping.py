@@ -1,9 +1,9 @@
-r"""The default damping rule of DataInf (Kwon et al. 2023, §4; Grosse et al. 2023).
+r"""The default damping rule of DataInf (Kwon et al. 2023, §4; Grosse et al. 2023), docs/theory.md §2.
 
 .. math:: \lambda_l = \text{factor}\cdot \frac{\operatorname{tr} G_l}{d_l}
           = \text{factor}\cdot\frac{1}{n\,d_l}\sum_i \|g_{i,l}\|^2
 
-``factor = 0.1`` gives the paper's "0.1 × mean eigenvalue" per block.
+``factor = 0.1`` (:data:`DEFAULT_FACTOR`) gives the paper's "0.1 × mean eigenvalue" per block.
 """
 
 from __future__ import annotations
@@ -11,28 +11,29 @@ from __future__ import annotations
 import math
 
 from . import _backend as Bk
+from . import _checks as C
 from ._arrays import row_sq_norms
-from .errors import InputError, UnsupportedOperatorError
-from .operators import BlockDiagonal, Dense, LowRankPlusIdentity, Operator
+from .errors import DampingError, InputError
+from .operators import BlockDiagonal, Operator
 
-__all__ = ["default_damping"]
+__all__ = ["default_damping", "DEFAULT_FACTOR"]
+
+#: The paper's multiplier of the mean eigenvalue (the one place this default lives).
+DEFAULT_FACTOR = 0.1
 
 
-def _mean_eig(op) -> float:
-    xp = op.xp
-    if isinstance(op, LowRankPlusIdentity):
-        return op.scale * float(xp.sum(row_sq_norms(op.factor))) / op.size
-    if isinstance(op, Dense):
-        return float(xp.sum(xp.linalg.diagonal(op.matrix))) / op.size
-    if isinstance(op, BlockDiagonal):
-        return sum(_mean_eig(b) * b.size for b in op.blocks) / op.size
-    try:
-        return float(xp.sum(op.diagonal())) / op.size
-    except UnsupportedOperatorError:
-        raise UnsupportedOperatorError(
-            f"default_damping: {type(op).__name__} does not know its trace; pass `diagonal=` when "
-            "constructing it or give an explicit damping value"
-        ) from None
+def _positive(v: float, what: str) -> float:
+    if not (v > 0.0 and math.isfinite(v)):
+        raise DampingError(
+            f"default damping: the mean eigenvalue of {what} is {v}; the rule 'factor × mean eigenvalue' needs "
+            "a positive semidefinite operator with a positive finite trace. Pass damping explicitly"
+        )
+    return v
+
+
+def _op_mean_eig(op: Operator, what: str) -> float:
+    floor = op.eig_lower() or 0.0  # a LowRankPlusIdentity's shift is not part of G
+    return _positive(op.trace() / op.size - floor, what)
 
 
 def _grads_mean_eig(g, name) -> float:
@@ -40,29 +41,27 @@ def _grads_mean_eig(g, name) -> float:
     v = float(xp.sum(row_sq_norms(g))) / (n * d)
     if not math.isfinite(v):
         Bk.check_finite(xp, g, name)  # NaN/inf entries: raise NonFiniteError naming the argument
-    return v
+    return _positive(v, name)
 
 
-def default_damping(op, factor: float = 0.1):
+def default_damping(op, factor: float = DEFAULT_FACTOR):
     r"""The paper's damping ``λ_l = factor · tr(G_l)/d_l`` (``factor`` × mean eigenvalue of ``G_l``).
 
     Parameters
     ----------
     op : operator, array or sequence of arrays
-        - :class:`~invhvp.LowRankPlusIdentity` ``shift·I + scale·UᵀU``: ``G = scale·UᵀU`` (the
-          shift is *not* counted); computed from the row norms, ``O(nd)``, never forming ``G``.
+        - an invhvp operator that knows its trace (``Operator.trace``): ``LowRankPlusIdentity``
+          ``shift·I + scale·UᵀU`` gives ``G = scale·UᵀU`` (the shift is not counted), ``O(nd)``;
+          ``Dense`` its trace; ``MatrixFree`` with a ``diagonal``;
         - :class:`~invhvp.BlockDiagonal`: one value per block (a tuple), ready to pass as the
-          per-block ``damping`` of :func:`invhvp.solve`; a nested block gets its overall mean.
-        - :class:`~invhvp.Dense` (its trace) or any operator that knows its ``diagonal()``.
+          per-block ``damping`` of :func:`invhvp.solve`;
         - an ``n×d`` array of per-sample gradients (``G = UᵀU/n``), or a list/tuple of them
           (one per block, returns a tuple).
     factor : float, default 0.1
         Positive multiplier.
 
-    Returns
-    -------
-    float or tuple of float
-        A float for a single operator or array; a tuple for ``BlockDiagonal`` or a sequence.
+    Raises DampingError when a mean eigenvalue is not positive (e.g. an indefinite operator
+    or all-zero gradients): the rule has no meaning there.
 
     Examples
     --------
@@ -74,13 +73,11 @@ def default_damping(op, factor: float = 0.1):
     >>> tuple(round(v, 12) for v in ih.default_damping(op, factor=1.0))
     (1.0, 9.0)
     """
-    f = Bk.finite_scalar(factor, "factor")
-    if not f > 0.0 or not math.isfinite(f):
-        raise InputError(f"factor: expected a positive number, got {f}")
+    f = C.real(factor, "factor", minimum=0.0, strict=True)
     if isinstance(op, BlockDiagonal):
-        return tuple(f * _mean_eig(b) for b in op.blocks)
+        return tuple(f * _op_mean_eig(b, f"block {i}") for i, b in enumerate(op.blocks))
     if isinstance(op, Operator):
-        return f * _mean_eig(op)
+        return f * _op_mean_eig(op, "the operator")
     if isinstance(op, (list, tuple)):
         if not op:
             raise InputError("op: expected a non-empty sequence of gradient arrays")
@@ -88,6 +85,5 @@ def default_damping(op, factor: float = 0.1):
     if hasattr(op, "shape") and hasattr(op, "dtype"):
         return f * _grads_mean_eig(op, "op")
     raise InputError(
-        f"op: expected an invhvp operator, an (n, d) gradient array or a sequence of them, "
-        f"got {type(op).__name__}"
+        f"op: expected an invhvp operator, an (n, d) gradient array or a sequence of them, got {type(op).__name__}"
     )

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _backend as Bk
-from ._arrays import as_generator, random_matrix, row_sq_norms
-from .errors import InputError, OperatorTooLargeError, UnsupportedOperatorError
-from .operators import BlockDiagonal, Dense, LowRankPlusIdentity, Operator
+from ._arrays import as_generator, random_matrix
+from .errors import InputError, NonFiniteError, UnsupportedOperatorError
+from .operators import Operator
 
 __all__ = ["EigEstimate", "TraceEstimate", "lambda_max", "trace", "as_generator"]
 
@@ -190,7 +190,7 @@ def _lanczos(op, k, rng, counter):
         beta = float(xp.linalg.vector_norm(w))
         scale = max(abs(x) for x in alphas) if alphas else 1.0
         if not math.isfinite(beta) or not math.isfinite(a):
-            raise InputError("op: the operator produced non-finite values during Lanczos")
+            raise NonFiniteError("op: the operator produced non-finite values during Lanczos")
         if j == k - 1 or beta <= 10 * eps * max(scale, 1e-300):
             break
         betas.append(beta)
@@ -231,7 +231,7 @@ def _power(op, maxiter, rtol, rng, counter):
         resid = float(xp.linalg.vector_norm(w - theta * q))
         nw = float(xp.linalg.vector_norm(w))
         if not (math.isfinite(theta) and math.isfinite(nw)):
-            raise InputError("op: the operator produced non-finite values during power iteration")
+            raise NonFiniteError("op: the operator produced non-finite values during power iteration")
         if nw == 0.0:
             break
         if theta_old is not None and abs(theta - theta_old) <= rtol * abs(theta):
@@ -251,44 +251,15 @@ def _power(op, maxiter, rtol, rng, counter):
 
 
 def _exact_lmax(op):
-    if isinstance(op, BlockDiagonal):
-        parts = [_exact_lmax(b) for b in op.blocks]
-        best = max(parts, key=lambda e: e.value)
-        return EigEstimate(
-            value=best.value,
-            lower=max(p.lower for p in parts),
-            upper=max(p.upper for p in parts),
-            lower_is_bound=True,
-            upper_is_bound=True,
-            method="exact-block-diagonal",
-            n_matvec=0,
-        )
-    if isinstance(op, Dense):
-        M, m, shift, method = op.matrix, op.size, 0.0, "exact-eigvalsh"
-    elif isinstance(op, LowRankPlusIdentity):
-        U = op.factor
-        n, d = U.shape
-        M = U @ U.T if n <= d else U.T @ U
-        m, shift, method = min(n, d), op.shift, "exact-gram-eigvalsh"
-        M = op.scale * M
-    else:
-        raise UnsupportedOperatorError(
-            f"lambda_max(method='exact') needs structure (Dense, LowRankPlusIdentity, BlockDiagonal), "
-            f"got {type(op).__name__}; use method='lanczos'"
-        )
-    if m > 8192:
-        raise OperatorTooLargeError(f"lambda_max(method='exact'): the {m}×{m} eigenproblem is too large")
-    ev = _host_vec(op.xp.linalg.eigvalsh(M))  # on the device; only the eigenvalues come back
-    theta = float(ev[-1]) + shift
-    scale = max(abs(theta), float(np.max(np.abs(ev))) + shift, 1e-300)
-    tol = 10 * m * Bk.eps(op.dtype) * scale
+    sp = op.spectrum()  # structure protocol: UnsupportedOperatorError / OperatorTooLargeError
+    theta = sp.max
     return EigEstimate(
         value=theta,
-        lower=theta - tol,
-        upper=theta + tol,
+        lower=theta - sp.rounding,
+        upper=theta + sp.rounding,
         lower_is_bound=True,
         upper_is_bound=True,
-        method=method,
+        method="exact-" + type(op).__name__,
         n_matvec=0,
     )
 
@@ -348,6 +319,8 @@ def trace(op, *, method="hutchinson", n_matvec=60, rng=None, _counter=None):
 
 
 def _stats(vals_np):
+    if not np.all(np.isfinite(vals_np)):
+        raise NonFiniteError("op: the operator produced NaN or infinite values during trace estimation")
     m = vals_np.size
     mean = float(np.mean(vals_np))
     se = float(np.std(vals_np, ddof=1) / math.sqrt(m)) if m > 1 else math.inf
@@ -384,16 +357,11 @@ def _hutchpp(op, m, rng, counter):
 
 
 def _exact_trace(op):
-    xp = op.xp
-    if isinstance(op, BlockDiagonal):
-        v = sum(_exact_trace(b).value for b in op.blocks)
-    elif isinstance(op, Dense):
-        v = float(xp.sum(xp.linalg.diagonal(op.matrix)))
-    elif isinstance(op, LowRankPlusIdentity):
-        v = op.shift * op.size + op.scale * float(xp.sum(row_sq_norms(op.factor)))
-    else:
+    try:
+        v = op.trace()  # structure protocol
+    except UnsupportedOperatorError:
         raise UnsupportedOperatorError(
-            f"trace(method='exact') needs structure (Dense, LowRankPlusIdentity, BlockDiagonal), "
-            f"got {type(op).__name__}; use method='hutchpp' or 'hutchinson'"
-        )
+            f"trace(method='exact') needs structure (Dense, LowRankPlusIdentity, BlockDiagonal, or a known "
+            f"diagonal), got {type(op).__name__}; use method='hutchpp' or 'hutchinson'"
+        ) from None
     return TraceEstimate(value=v, stderr=0.0, method="exact", n_matvec=0)

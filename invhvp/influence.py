@@ -1,13 +1,15 @@
 r"""Influence matrices, self-influence and test-averaged scores from per-block gradients.
 
-Sign convention (THEORY.md §1, DataInf eq. 2 and 5; pyDVL uses the opposite sign):
+Sign convention (docs/theory.md §1, DataInf eq. 2 and 5; pyDVL uses the opposite sign):
 
 .. math:: I(z_t, z_i) = -\,g_t^T (G + \lambda I)^{-1} g_i,\qquad
           G = \operatorname{diag}(G_1, \dots, G_L),\; G_l = \tfrac1n U_l^T U_l
 
 summed over blocks ``l``.  **Positive = up-weighting ``z_i`` raises the test loss at
-``z_t`` = harmful.**  ``(G_l + λ_l I)⁻¹`` is replaced by whatever the solver applies:
-exact (Woodbury), CG, LiSSA, DataInf's closed form, or the identity (Hessian-free).
+``z_t`` = harmful.**  This module holds no solver formula: it builds the block-diagonal
+Gram operator, asks :func:`invhvp.inverse` for ``(G_l + λ_l I)⁻¹`` and uses the inverse's
+quadratic forms (:meth:`invhvp.Inverse.quad`, :meth:`invhvp.Inverse.quad_diag`), whose
+closed forms live in each solver's module (docs/theory.md §10).
 
 Gradients are given per block: ``train_grads`` is an ``(n, d)`` array or a sequence of
 ``(n, d_l)`` arrays, ``test_grads`` likewise ``(m, d_l)``; numpy or torch (any device,
@@ -17,23 +19,16 @@ float32/float64, all the same).  ``damping=None`` uses the paper's rule
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from . import _backend as Bk
-from ._arrays import CHUNK_ELEMENTS, row_chunks, row_sq_norms
-from .damping import default_damping
-from .errors import DampingError, InputError, ShapeError
+from . import _checks as C
+from .damping import DEFAULT_FACTOR, default_damping
+from .errors import InputError, ShapeError
 from .operators import BlockDiagonal, LowRankPlusIdentity
-from .solvers.api import choose_solver, solve
+from .solvers.api import inverse
 from .solvers.base import Solver
-from .solvers.datainf import DataInf
-from .solvers.exact import Exact
-from .solvers.identity import Identity
+from .solvers.inverse import FAILURE_POLICIES
 
-__all__ = ["influence_matrix", "self_influence", "average_influence"]
-
-#: Largest n×n Gram (elements) the closed forms may hold at once.
-GRAM_MAX_ELEMENTS = 1 << 26
+__all__ = ["influence_matrix", "self_influence", "average_influence", "gradient_inverse"]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -60,10 +55,7 @@ def _prepare(train_grads, test_grads, *, need_test=True):
     for g, nm in zip(train, tnames):
         Bk.check_compatible(g, xp=xp, dtype=dtype, device=device, name=nm)
         if int(g.shape[0]) != n:
-            raise ShapeError(
-                f"{nm}: has {g.shape[0]} rows, but {tnames[0]} has {n}: one row per training point"
-            )
-        Bk.check_finite(xp, g, nm)
+            raise ShapeError(f"{nm}: has {g.shape[0]} rows, but {tnames[0]} has {n}: one row per training point")
     test = None
     if test_grads is not None:
         test, vnames = _as_blocks(test_grads, "test_grads")
@@ -80,128 +72,42 @@ def _prepare(train_grads, test_grads, *, need_test=True):
     return xp, train, test
 
 
-def _damping(train, damping, damping_factor, solver):
+def gradient_inverse(train_grads, solver=None, *, damping=None, damping_factor=DEFAULT_FACTOR, on_failure="raise"):
+    r"""``(G + λI)⁻¹`` for per-block training gradients, factored once (an :class:`~invhvp.Inverse`).
+
+    ``G = diag(U_lᵀU_l/n)`` as a :class:`~invhvp.LowRankPlusIdentity` (one block) or a
+    :class:`~invhvp.BlockDiagonal` of them; ``damping=None`` applies the paper's rule with
+    ``damping_factor``.  Reuse it across :func:`influence_matrix`, :func:`self_influence`
+    and :func:`average_influence` calls (``inverse=`` argument) to pay the one-time work once.
+    """
+    _, train, _ = _prepare(train_grads, None, need_test=False)
+    f = C.real(damping_factor, "damping_factor", minimum=0.0, strict=True)
+    C.choice(on_failure, "on_failure", FAILURE_POLICIES)
+    if solver is not None and not isinstance(solver, Solver):
+        raise InputError(f"solver: expected an invhvp solver instance such as invhvp.DataInf(), got {solver!r}")
+    ops = [LowRankPlusIdentity(g) for g in train]  # checks finiteness of each block
+    op = ops[0] if len(ops) == 1 else BlockDiagonal(ops)
     if damping is None:
-        lams = default_damping(train, factor=damping_factor)
-    elif Bk.is_real_scalar(damping):
-        lams = (float(damping),) * len(train)
+        lams = default_damping(op, f)
     else:
-        try:
-            lams = tuple(float(v) for v in damping)
-        except (TypeError, ValueError):
-            raise DampingError(
-                f"damping: expected None, a number or one number per block, got {type(damping).__name__}"
-            ) from None
-        if len(lams) != len(train):
-            raise DampingError(f"damping: expected one value per block ({len(train)}), got {len(lams)}")
-    for i, lam in enumerate(lams):
-        if not (lam >= 0.0 and lam < float("inf")):
-            raise DampingError(f"damping: block {i} has {lam}; expected a finite number >= 0")
-        if lam == 0.0 and isinstance(solver, DataInf):
-            raise DampingError(
-                f"damping: DataInf needs damping > 0, block {i} has 0 "
-                "(all-zero gradients give 0 with the default rule)"
-            )
-    return lams
+        lams = C.damping_values(damping, len(ops))
+        if isinstance(lams, tuple) and len(ops) == 1:
+            lams = lams[0]
+    return inverse(op, solver, damping=lams, on_failure=on_failure)
 
 
-def _solver(solver, train):
-    if solver is None:
-        op = _operator(train)
-        solver, _ = choose_solver(op)
-    elif not isinstance(solver, Solver):
-        raise InputError(
-            f"solver: expected an invhvp solver instance such as invhvp.DataInf(), got {solver!r}"
-        )
-    return solver
+def _inverse_for(train, solver, damping, damping_factor, on_failure, inv):
+    if inv is None:
+        return gradient_inverse(train, solver, damping=damping, damping_factor=damping_factor, on_failure=on_failure)
+    from .solvers.inverse import Inverse
+
+    if not isinstance(inv, Inverse):
+        raise InputError(f"inverse: expected an invhvp.Inverse from gradient_inverse(...), got {type(inv).__name__}")
+    return inv
 
 
-def _operator(train):
-    ops = [LowRankPlusIdentity(g) for g in train]
-    return ops[0] if len(ops) == 1 else BlockDiagonal(ops)
-
-
-def _rows(d: int, chunk_size) -> int:
-    return int(chunk_size) if chunk_size is not None else max(1, CHUNK_ELEMENTS // max(int(d), 1))
-
-
-def _check_chunk(chunk_size):
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise InputError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
-
-
-def _exact_fast(solver, U) -> bool:
-    n, d = (int(v) for v in U.shape)
-    return (
-        isinstance(solver, Exact)
-        and solver.woodbury is not False
-        and (n < d or solver.woodbury is True)
-        and n * n <= GRAM_MAX_ELEMENTS
-    )
-
-
-# ------------------------------------------------------------------- block kernels
-def _datainf_route(n, d, m, route):
-    if route is not None:
-        return route
-    gram_flops = n * n * d + m * n * n
-    return "gram" if gram_flops < 2 * m * n * d and n * n <= GRAM_MAX_ELEMENTS else "products"
-
-
-def _datainf_block(out, T, U, lam, chunk_size, route=None):
-    """``out -= T R Uᵀ`` for DataInf's ``R`` on one block (``O(mnd)``·3 or Gram route)."""
-    n, d = (int(v) for v in U.shape)
-    m = int(T.shape[0])
-    t = row_sq_norms(U, chunk_rows=chunk_size)
-    w = 1.0 / (n * (lam + t))  # D_ii / n
-    route = _datainf_route(n, d, m, route)
-    K = U @ U.T if route == "gram" else None
-    for sl in row_chunks(m, _rows(max(d, n), chunk_size)):
-        P = T[sl, :] @ U.T  # m_c × n
-        Q = (P * w[None, :]) @ K if K is not None else ((P * w[None, :]) @ U) @ U.T
-        Q -= P
-        Q /= lam
-        out[sl, :] += Q  # = −(1/λ)[P − (P D/n) U Uᵀ]
-
-
-def _exact_factor(xp, U, lam):
-    n = int(U.shape[0])
-    K = U @ U.T
-    C = K + (n * lam) * xp.eye(n, dtype=U.dtype, device=Bk.device_of(U))
-    return K, Bk.cholesky(xp, C, "n×n matrix n·damping·I + U Uᵀ")
-
-
-def _exact_block(xp, out, T, U, lam, chunk_size):
-    """``out -= T (UᵀU/n + λI)⁻¹ Uᵀ = n·T Uᵀ (nλI + UUᵀ)⁻¹`` (push-through Woodbury)."""
-    n, d = (int(v) for v in U.shape)
-    _, L = _exact_factor(xp, U, lam)
-    for sl in row_chunks(int(T.shape[0]), _rows(max(d, n), chunk_size)):
-        P = T[sl, :] @ U.T
-        out[sl, :] -= n * Bk.cho_solve(xp, L, P.T).T
-
-
-def _generic(xp, out, train, test, lams, solver, chunk_size, on_failure, rhs_side, results=None):
-    """``out -= T (G + λI)⁻¹ Uᵀ`` through :func:`solve`, the ``rhs_side`` gradients as right-hand sides."""
-    op = _operator(train)
-    damp = lams if len(lams) > 1 else lams[0]
-    rhs_blocks, other = (test, train) if rhs_side == "test" else (train, test)
-    for sl in row_chunks(int(rhs_blocks[0].shape[0]), _rows(op.size, chunk_size)):
-        rhs = xp.concat([v[sl, :].T for v in rhs_blocks], axis=0)
-        res = solve(op, rhs, solver, damping=damp, on_failure=on_failure)
-        X = res.x
-        if results is not None:
-            results.append(replace(res, x=None))  # the report, without the solution block
-        off = 0
-        for g in other:
-            dl = int(g.shape[1])
-            P = g @ X[off : off + dl, :]  # (other rows) × chunk
-            off += dl
-            if rhs_side == "test":
-                out[sl, :] -= P.T
-            else:
-                out[:, sl] -= P
+def _left(test):
+    return test if len(test) > 1 else test[0]
 
 
 # ------------------------------------------------------------------------ public API
@@ -211,64 +117,57 @@ def influence_matrix(
     solver: Solver | None = None,
     *,
     damping=None,
-    damping_factor: float = 0.1,
+    damping_factor: float = DEFAULT_FACTOR,
     side: str = "auto",
     chunk_size: int | None = None,
     on_failure: str = "raise",
     return_results: bool = False,
+    inverse=None,
 ):
     r"""Influence of every training point on every test point, ``m×n``.
 
     .. math:: I_{t i} = -\sum_l v_{t,l}^T\,(G_l + \lambda_l I)^{-1} g_{i,l},\qquad G_l = \tfrac1n U_l^TU_l
 
     **Sign**: positive = up-weighting training point ``i`` raises the loss at test point
-    ``t`` (harmful); THEORY.md §1 / DataInf convention (opposite to pyDVL).
+    ``t`` (harmful); docs/theory.md §1 / DataInf convention (opposite to pyDVL).
 
-    How ``(G_l + λ_l I)⁻¹`` is applied, and the cost per block (``n`` train, ``m`` test,
-    ``d = d_l``); no ``d×d`` matrix is ever formed:
+    ``−inv.quad(T)`` of the inverse (:meth:`invhvp.Inverse.quad`), per block; its cost
+    (``n`` train, ``m`` test, ``d = d_l``; never a ``d×d`` matrix):
 
-    - :class:`~invhvp.DataInf`: closed form ``I_l = −(1/λ)[P − (P D/n) U Uᵀ]`` with
-      ``P = T Uᵀ``, ``D = diag(1/(λ + ||g_i||²))``: three ``m×d·d×n``-sized products
-      (``3mnd``), or ``mnd + n²d + mn²`` through the ``n×n`` Gram when that is cheaper
-      (many test points); ``O((m+n)·n·d)`` either way.  ``DataInf(certify=...)`` is not used
-      here: bound the deviation from exact influence with
-      :func:`invhvp.bounds.datainf_influence_error_bound`.
-    - :class:`~invhvp.Exact` (``n < d``): push-through Woodbury
-      ``I_l = −n·P (nλI + UUᵀ)⁻¹``: ``mnd + n²d + n³/3 + mn²``.
-    - :class:`~invhvp.Identity` (Hessian-free): ``I = −T Uᵀ``, ``mnd``.
-    - any other solver (CG, LiSSA, ...): :func:`invhvp.solve` on the block-diagonal Gram
-      operator with the ``m`` test gradients as right-hand sides (``side="test"``) or the
-      ``n`` training gradients (``side="train"``; ``"auto"`` picks the smaller), in chunks of
-      ``chunk_size`` columns, then one product with the other side's gradients.
+    - :class:`~invhvp.Exact` with ``n < d``: push-through Woodbury, ``mnd + mn²`` after the
+      ``n²d + n³/3`` factorization; ``d <= n``: ``md²`` solves then ``mnd``;
+    - :class:`~invhvp.DataInf`: three products ``3mnd``, or ``mnd + n²d + mn²`` through the
+      ``n×n`` Gram when cheaper; bound the gap to exact influence with
+      :func:`invhvp.bounds.datainf_influence_error_bound`;
+    - :class:`~invhvp.Identity` (Hessian-free): ``−T Uᵀ``, ``mnd``;
+    - other solvers (CG, LiSSA): solves with the smaller side's gradients as right-hand
+      sides (``side="test"``/``"train"`` forces one) in chunks, then one product.
 
     Parameters
     ----------
-    train_grads : array (n, d) or sequence of arrays (n, d_l)
-        Per-sample training gradients, one array per block.
-    test_grads : array (m, d) or sequence of arrays (m, d_l)
-        Test gradients with the same block structure.
+    train_grads, test_grads : array (n|m, d) or sequence of arrays (n|m, d_l)
+        Per-sample gradients with the same block structure.
     solver : Solver, optional
-        Default: the automatic choice of :func:`invhvp.solve` (exact when cheap).
+        Default: the automatic choice of :func:`invhvp.inverse` (exact when cheap).
     damping : float, sequence of float, or None
         ``λ_l``; ``None`` uses ``damping_factor · tr(G_l)/d_l`` (the paper's rule).
     damping_factor : float, default 0.1
     side : {"auto", "test", "train"}
-        Which gradients are the right-hand sides of a generic solve (ignored by the closed forms).
+        Which gradients are the right-hand sides of a generic solve (ignored by closed forms).
     chunk_size : int, optional
         Rows/columns per chunk; default keeps temporaries near ``2**24`` elements.
     on_failure : {"raise", "warn", "ignore"}
-        Passed to :func:`invhvp.solve`.
+        Policy when a solve's (or a closed form's setup) status is not SUCCESS.
     return_results : bool, default False
-        Also return the reports of the solves: a list with one
-        :class:`~invhvp.SolveResult` per chunk of a generic solve (``x`` set to ``None``;
-        ``status``, ``n_matvec``, ``residual_norm`` and ``info`` kept), empty for the
-        closed forms (DataInf, Exact, Identity), which cannot fail silently.  Use it with
-        ``on_failure="ignore"`` to inspect statuses instead of catching warnings.
+        Also return the reports: one :class:`~invhvp.SolveResult` per chunk solve (``x=None``),
+        or one record per block for a closed form (its setup status and ``info``).
+    inverse : Inverse, optional
+        A :func:`gradient_inverse` of these training gradients to reuse (then ``solver``,
+        ``damping`` and ``damping_factor`` are ignored).
 
     Returns
     -------
     array (m, n), or (array, list of SolveResult) with ``return_results=True``
-        Same array type, dtype and device as the gradients.
 
     Examples
     --------
@@ -282,28 +181,13 @@ def influence_matrix(
     >>> ih.influence_matrix(U, T, ih.Identity())              # −T Uᵀ
     array([[-1., -2.]])
     """
-    _check_chunk(chunk_size)
-    if side not in ("auto", "test", "train"):
-        raise InputError(f"side: expected 'auto', 'test' or 'train', got {side!r}")
-    xp, train, test = _prepare(train_grads, test_grads)
-    solver = _solver(solver, train)
-    lams = _damping(train, damping, damping_factor, solver)
-    n, m = int(train[0].shape[0]), int(test[0].shape[0])
-    out = xp.zeros((m, n), dtype=train[0].dtype, device=Bk.device_of(train[0]))
+    C.integer(chunk_size, "chunk_size", minimum=1, optional=True)
+    side = {"auto": "auto", "test": "left", "train": "right"}[C.choice(side, "side", ("auto", "test", "train"))]
+    C.flag(return_results, "return_results")
+    _, train, test = _prepare(train_grads, test_grads)
+    inv = _inverse_for(train, solver, damping, damping_factor, on_failure, inverse)
     results: list = []
-    if isinstance(solver, Identity):
-        for g, v in zip(train, test):
-            out -= v @ g.T
-    elif isinstance(solver, DataInf):
-        cs = chunk_size if chunk_size is not None else solver.chunk_size
-        for g, v, lam in zip(train, test, lams):
-            _datainf_block(out, v, g, lam, cs)
-    elif all(_exact_fast(solver, g) for g in train):
-        for g, v, lam in zip(train, test, lams):
-            _exact_block(xp, out, v, g, lam, chunk_size)
-    else:
-        rhs_side = "train" if side == "train" or (side == "auto" and n < m) else "test"
-        _generic(xp, out, train, test, lams, solver, chunk_size, on_failure, rhs_side, results)
+    out = -inv.quad(_left(test), side=side, chunk_size=chunk_size, on_failure=on_failure, results=results)
     return (out, results) if return_results else out
 
 
@@ -312,26 +196,23 @@ def self_influence(
     solver: Solver | None = None,
     *,
     damping=None,
-    damping_factor: float = 0.1,
+    damping_factor: float = DEFAULT_FACTOR,
     chunk_size: int | None = None,
     on_failure: str = "raise",
+    return_results: bool = False,
+    inverse=None,
 ):
     r"""Self-influence ``I(z_i, z_i) = −Σ_l g_{i,l}ᵀ (G_l + λ_l I)⁻¹ g_{i,l}``, length ``n``.
 
-    **Sign**: THEORY.md §1 convention, so for a positive definite inverse every value is
-    ``<= 0`` (up-weighting a point lowers its own loss).  For mislabeled-data detection rank
-    by ``−self_influence`` (large magnitude = suspicious), or use :func:`average_influence`
+    **Sign**: docs/theory.md §1, so for a positive definite inverse every value is ``<= 0``
+    (up-weighting a point lowers its own loss).  For mislabeled-data detection rank by
+    ``−self_influence`` (large magnitude = suspicious), or use :func:`average_influence`
     whose large *positive* values flag harmful points.
 
-    Never forms the ``n×n`` influence matrix. Cost per block:
-
-    - :class:`~invhvp.DataInf`: ``−(1/λ)[||g_i||² − (1/n) Σ_j (g_jᵀg_i)²/(λ + ||g_j||²)]``
-      from Gram rows computed ``chunk_size`` at a time: ``n²d`` time, ``chunk×n`` memory.
-    - :class:`~invhvp.Exact` (``n < d``): ``−n·[K (nλI + K)⁻¹]_ii`` with ``K = UUᵀ``:
-      ``n²d + n³`` (the ``n×n`` Gram is intrinsic to the exact Woodbury solve).
-    - :class:`~invhvp.Identity`: ``−||g_i||²``, ``nd``.
-    - other solvers: :func:`invhvp.solve` with the training gradients as right-hand sides in
-      chunks, then column-wise inner products.
+    ``−inv.quad_diag()``; never forms the ``n×n`` influence matrix.  Cost per block: exact
+    with ``n < d``: ``n³`` on the ``n×n`` Gram; DataInf: ``n²d`` from Gram rows ``chunk×n`` at a
+    time; Identity: ``nd``; other solvers: solves with the training gradients as right-hand
+    sides in chunks.
 
     Examples
     --------
@@ -342,41 +223,13 @@ def self_influence(
     >>> ih.self_influence(U, ih.DataInf(), damping=1.0)      # −[0.75, 4·0.6]
     array([-0.75, -2.4 ])
     """
-    _check_chunk(chunk_size)
-    xp, train, _ = _prepare(train_grads, None, need_test=False)
-    solver = _solver(solver, train)
-    lams = _damping(train, damping, damping_factor, solver)
-    n = int(train[0].shape[0])
-    out = xp.zeros((n,), dtype=train[0].dtype, device=Bk.device_of(train[0]))
-    if isinstance(solver, Identity):
-        for g in train:
-            out -= row_sq_norms(g, chunk_rows=chunk_size)
-        return out
-    if isinstance(solver, DataInf):
-        cs = chunk_size if chunk_size is not None else solver.chunk_size
-        for g, lam in zip(train, lams):
-            t = row_sq_norms(g, chunk_rows=cs)
-            w = 1.0 / (n * (lam + t))
-            parts = []
-            for sl in row_chunks(n, _rows(max(n, int(g.shape[1])), cs)):
-                Kc = g[sl, :] @ g.T
-                parts.append((Kc * Kc) @ w - t[sl])
-            out += xp.concat(parts, axis=0) / lam
-        return out
-    if all(_exact_fast(solver, g) for g in train):
-        for g, lam in zip(train, lams):
-            K, L = _exact_factor(xp, g, lam)
-            Y = Bk.cho_solve(xp, L, K)  # (nλI + K)⁻¹ K, symmetric product
-            out -= n * xp.linalg.diagonal(Y)
-        return out
-    op = _operator(train)
-    damp = lams if len(lams) > 1 else lams[0]
-    parts = []
-    for sl in row_chunks(n, _rows(op.size, chunk_size)):
-        rhs = xp.concat([g[sl, :].T for g in train], axis=0)
-        X = solve(op, rhs, solver, damping=damp, on_failure=on_failure).x
-        parts.append(-xp.sum(X * rhs, axis=0))
-    return out + xp.concat(parts, axis=0)
+    C.integer(chunk_size, "chunk_size", minimum=1, optional=True)
+    C.flag(return_results, "return_results")
+    _, train, _ = _prepare(train_grads, None, need_test=False)
+    inv = _inverse_for(train, solver, damping, damping_factor, on_failure, inverse)
+    results: list = []
+    out = -inv.quad_diag(chunk_size=chunk_size, on_failure=on_failure, results=results)
+    return (out, results) if return_results else out
 
 
 def average_influence(
@@ -385,18 +238,17 @@ def average_influence(
     solver: Solver | None = None,
     *,
     damping=None,
-    damping_factor: float = 0.1,
+    damping_factor: float = DEFAULT_FACTOR,
     chunk_size: int | None = None,
     on_failure: str = "raise",
+    inverse=None,
 ):
     r"""Average influence over the test set, ``s_i = (1/m) Σ_t I(z_t, z_i)``, length ``n``.
 
     The score used for mislabeled-data detection: **large positive = the training point
-    raises the average test loss (harmful, likely mislabeled)**; THEORY.md §1 sign.  By
+    raises the average test loss (harmful, likely mislabeled)**; docs/theory.md §1 sign.  By
     linearity it is ``−v̄ᵀ(G + λI)⁻¹ g_i`` with the mean test gradient ``v̄``: one right-hand
-    side instead of ``m`` (DataInf/Identity/CG/Exact give exactly the mean of the rows of
-    :func:`influence_matrix`; a stochastic solver such as LiSSA gives it in expectation).
-    Cost: ``md`` for the mean plus :func:`influence_matrix` with ``m = 1`` (``3nd`` for DataInf).
+    side instead of ``m`` (exact for linear inverses; in expectation for LiSSA).
 
     Examples
     --------
@@ -416,4 +268,5 @@ def average_influence(
         damping_factor=damping_factor,
         chunk_size=chunk_size,
         on_failure=on_failure,
+        inverse=inverse,
     )[0, :]

@@ -10,6 +10,7 @@ import invhvp as ih
 from invhvp import influence as inf_mod
 from invhvp.errors import DampingError, DTypeError, InputError, NonFiniteError, ShapeError
 from invhvp.solvers.base import Outcome, Solver
+from invhvp.solvers.inverse import Inverse
 
 
 def problem(seed=0, n=9, m=4, dims=(5, 13)):
@@ -35,14 +36,20 @@ def reference(train, test, lams, inv=dense_inverse):
 
 @dataclass(frozen=True)
 class DenseSolver(Solver):
-    """A user-defined solver (as LiSSA will be): goes through the generic solve() path."""
+    """A user-defined solver: its inverse has no closed forms, so influence goes through solve()."""
 
     name = "dense-test"
 
-    def _run(self, counted, B, damping):
-        op = counted.op
-        lam = ih.solvers.base.damping_array(op, damping)
-        A = op.to_dense() + (lam if np.isscalar(lam) else np.diagflat(lam))
+    def _factor(self, counted, damping, rng=None):
+        return DenseInverse(self, counted, damping, {"method": "dense-test"})
+
+
+class DenseInverse(Inverse):
+    kind = "iterative"  # the generic quadratic forms check every solve's residual
+
+    def _apply(self, B):
+        op = self.operator
+        A = op.to_dense() + self.damping * np.eye(op.size)
         return Outcome(x=np.linalg.solve(A, B))
 
 

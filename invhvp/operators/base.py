@@ -1,25 +1,66 @@
-"""The operator protocol shared by every invhvp operator."""
+"""The operator protocol shared by every invhvp operator.
+
+An operator holds data; solvers hold algorithms.  Besides products, an operator *declares*
+what its structure lets it compute cheaply (docs/theory.md §10 lists where each formula
+lives).  The defaults say "unknown", so a new operator is one file that overrides what it
+knows, plus registrations in the solvers that factorize structure (``solvers/exact.py``).
+
+Structure protocol (each optional):
+
+- :meth:`Operator.trace` -- exact trace (mean eigenvalue for the damping rule);
+- :meth:`Operator.spectrum` -- exact eigenvalues with multiplicities, when small;
+- :meth:`Operator.norm_bound` -- a cheap upper bound on ``‖A‖₂``;
+- :meth:`Operator.eig_lower` -- a lower bound on ``λ_min(A)`` (0 for PSD operators);
+- mini-batches for stochastic solvers: :attr:`Operator.n_samples`,
+  :attr:`Operator.supports_minibatch`, :meth:`Operator.minibatch`,
+  :meth:`Operator.sample_second_moment_trace`.
+"""
 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
+
+import numpy as np
 
 from .. import _backend as B
 from ..errors import ShapeError, UnsupportedOperatorError
 
-__all__ = ["Operator"]
+__all__ = ["Operator", "Spectrum"]
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Eigenvalues of a symmetric operator with multiplicities (float64, host).
+
+    ``values[i]`` occurs ``counts[i]`` times; ``counts.sum() == d``.  Exact up to the
+    rounding of a symmetric eigensolver, which :attr:`rounding` bounds (absolute).
+    """
+
+    values: np.ndarray
+    counts: np.ndarray
+    rounding: float
+
+    @property
+    def max(self) -> float:
+        return float(np.max(self.values))
+
+    @property
+    def min(self) -> float:
+        return float(np.min(self.values))
+
+    def sum_of_squares(self) -> float:
+        return float(np.sum(self.counts * self.values**2))
 
 
 class Operator(abc.ABC):
     """A square, symmetric linear operator ``A`` of size ``d``.
 
-    Subclasses set ``_xp`` (array-API namespace), ``_size``, ``_dtype``,
-    ``_device`` and ``_psd`` in ``__init__`` and implement :meth:`_matmat`
-    (no validation, ``V`` is ``(d, k)``) and :meth:`to_dense`.
-
-    The public :meth:`matvec` and :meth:`matmat` validate their argument;
-    solvers call the unvalidated ``_matmat`` inside their loops.  Damping is
-    *not* part of the operator: solvers apply ``A + λI``.
+    Subclasses set ``_xp`` (array-API namespace), ``_size``, ``_dtype``, ``_device`` and
+    ``_psd`` in ``__init__`` and implement :meth:`_matmat` (no validation, ``V`` is
+    ``(d, k)``) and :meth:`to_dense`.  The public :meth:`matvec` and :meth:`matmat`
+    validate their argument; solvers call the unvalidated ``_matmat`` inside their loops.
+    Damping is *not* part of the operator: solvers apply ``A + λI``.
     """
 
     _xp = None
@@ -28,7 +69,7 @@ class Operator(abc.ABC):
     _device = None
     _psd: bool = True
 
-    # ------------------------------------------------------------------ protocol
+    # ------------------------------------------------------------------ data protocol
     @property
     def shape(self) -> tuple[int, int]:
         return (self._size, self._size)
@@ -70,6 +111,46 @@ class Operator(abc.ABC):
             "constructing it, or use a different preconditioner"
         )
 
+    # ------------------------------------------------------------ structure protocol
+    def trace(self) -> float:
+        """``tr A`` from structure (no products); UnsupportedOperatorError when unknown."""
+        return float(self._xp.sum(self.diagonal()))
+
+    def spectrum(self, max_dim: int = 8192) -> Spectrum:
+        """All eigenvalues from structure, when the eigenproblem is at most ``max_dim`` wide."""
+        raise UnsupportedOperatorError(
+            f"{type(self).__name__} has no structure that gives its eigenvalues; estimate them "
+            "with invhvp.lambda_max(op, method='lanczos')"
+        )
+
+    def norm_bound(self) -> float | None:
+        """A cheap upper bound on ``‖A‖₂`` (``None`` when none is known without products)."""
+        return None
+
+    def eig_lower(self) -> float | None:
+        """A lower bound on ``λ_min(A)``: 0 for a PSD operator, ``None`` when unknown."""
+        return 0.0 if self._psd else None
+
+    @property
+    def n_samples(self) -> int | None:
+        """Number of samples ``n`` whose average the operator is (``None``: not an average)."""
+        return None
+
+    @property
+    def supports_minibatch(self) -> bool:
+        """Whether :meth:`minibatch` can produce unbiased mini-batch estimates."""
+        return False
+
+    def minibatch(self, batch_size: int, rng) -> Operator:
+        """An independent unbiased estimate ``Ã_B`` from ``batch_size`` samples (with replacement)."""
+        raise UnsupportedOperatorError(
+            f"{type(self).__name__} cannot produce mini-batch estimates; use full-batch products"
+        )
+
+    def sample_second_moment_trace(self) -> float | None:
+        """``tr E[Ã₁²]`` for a single-sample estimate, from structure (``None`` when unknown)."""
+        return None
+
     # ------------------------------------------------------------ validated API
     def matvec(self, v):
         """``A @ v`` for a vector ``v`` of shape ``(d,)``."""
@@ -99,3 +180,14 @@ class Operator(abc.ABC):
             f"{type(self).__name__}(size={self._size}, dtype={self._dtype}, "
             f"device={self._device}, backend={lib})"
         )
+
+
+def eigvalsh_host(xp, M) -> np.ndarray:
+    """Eigenvalues of symmetric ``M`` (computed on its device, float64 host result)."""
+    return B.to_host(xp.linalg.eigvalsh(M), np.float64)
+
+
+def rounding_allowance(values: np.ndarray, m: int, dtype) -> float:
+    """Absolute rounding bound of a symmetric eigensolve of size ``m`` in ``dtype``."""
+    scale = float(np.max(np.abs(values))) if values.size else 0.0
+    return 10.0 * m * B.eps(dtype) * max(scale, 1e-300)

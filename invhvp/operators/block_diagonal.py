@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from ..errors import DeviceError, DTypeError, InputError
-from .base import Operator
+import numpy as np
+
+from ..errors import DeviceError, DTypeError, InputError, UnsupportedOperatorError
+from .base import Operator, Spectrum
 
 __all__ = ["BlockDiagonal"]
 
@@ -12,7 +14,7 @@ class BlockDiagonal(Operator):
     """``diag(A_1, …, A_L)`` of square operators (any invhvp operators, nested too).
 
     The coordinates of a vector are the concatenation of the blocks' coordinates
-    in order.  Solvers that exploit structure work block by block and accept one
+    in order.  Solvers work block by block (see :func:`invhvp.inverse`) and accept one
     damping value per block.
 
     Examples
@@ -24,7 +26,13 @@ class BlockDiagonal(Operator):
     """
 
     def __init__(self, blocks):
-        blocks = list(blocks) if not isinstance(blocks, Operator) else None
+        if isinstance(blocks, Operator) or isinstance(blocks, (str, bytes)):
+            blocks = None
+        else:
+            try:
+                blocks = list(blocks)
+            except TypeError:
+                blocks = None
         if not blocks:
             raise InputError("blocks: expected a non-empty sequence of invhvp operators")
         for i, b in enumerate(blocks):
@@ -43,7 +51,7 @@ class BlockDiagonal(Operator):
                 raise DeviceError(f"blocks[{i}]: device {b.device} differs from blocks[0] device {first.device}")
         self.blocks = tuple(blocks)
         sizes = [b.size for b in blocks]
-        self.offsets = tuple([0] + [sum(sizes[: i + 1]) for i in range(len(sizes))])
+        self.offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(sizes)]))
         self._xp = first.xp
         self._size = self.offsets[-1]
         self._dtype = first.dtype
@@ -63,6 +71,12 @@ class BlockDiagonal(Operator):
         """Split rows of ``V`` (``(d,)`` or ``(d, k)``) into one piece per block."""
         return [V[s, ...] for s in self.slices()]
 
+    def per_coordinate(self, values):
+        """A length-``d`` array repeating ``values[l]`` over block ``l``'s coordinates."""
+        xp = self._xp
+        parts = [xp.full((b.size,), float(v), dtype=self._dtype, device=self._device) for b, v in zip(self.blocks, values)]
+        return xp.concat(parts, axis=0)
+
     def _matmat(self, V):
         return self._xp.concat([b._matmat(v) for b, v in zip(self.blocks, self.split(V))], axis=0)
 
@@ -76,21 +90,33 @@ class BlockDiagonal(Operator):
     def diagonal(self):
         return self._xp.concat([b.diagonal() for b in self.blocks], axis=0)
 
-    # ------------------------------------------------------------ mini-batches (LiSSA)
+    # ------------------------------------------------------------ structure protocol
+    def trace(self) -> float:
+        return sum(b.trace() for b in self.blocks)
+
+    def spectrum(self, max_dim: int = 8192) -> Spectrum:
+        parts = [b.spectrum(max_dim) for b in self.blocks]
+        return Spectrum(
+            np.concatenate([p.values for p in parts]),
+            np.concatenate([p.counts for p in parts]),
+            max(p.rounding for p in parts),
+        )
+
+    def norm_bound(self) -> float | None:
+        vals = [b.norm_bound() for b in self.blocks]
+        return None if any(v is None for v in vals) else max(vals)
+
+    def eig_lower(self) -> float | None:
+        vals = [b.eig_lower() for b in self.blocks]
+        return None if any(v is None for v in vals) else min(vals)
+
     @property
     def supports_minibatch(self) -> bool:
-        """Whether every block can produce mini-batch estimates."""
-        return all(getattr(b, "supports_minibatch", False) for b in self.blocks)
+        return all(b.supports_minibatch for b in self.blocks)
 
     def minibatch(self, batch_size: int, rng) -> BlockDiagonal:
-        """``diag(Ã_1, …, Ã_L)``: an independent mini-batch estimate drawn per block.
-
-        Each block draws its own batch from ``rng`` (independent across blocks and
-        calls), so the result is unbiased block by block.
-        """
-        from ..errors import UnsupportedOperatorError
-
-        bad = [i for i, b in enumerate(self.blocks) if not getattr(b, "supports_minibatch", False)]
+        """``diag(Ã_1, …, Ã_L)``: an independent mini-batch estimate drawn per block."""
+        bad = [i for i, b in enumerate(self.blocks) if not b.supports_minibatch]
         if bad:
             raise UnsupportedOperatorError(
                 f"blocks[{bad[0]}] ({type(self.blocks[bad[0]]).__name__}) cannot produce mini-batch "
@@ -101,14 +127,3 @@ class BlockDiagonal(Operator):
     def __repr__(self) -> str:
         inner = ", ".join(f"{type(b).__name__}({b.size})" for b in self.blocks)
         return f"BlockDiagonal([{inner}], dtype={self._dtype}, device={self._device})"
-
-
-def expand_block_values(op: BlockDiagonal, values):  # noqa: D401 - helper
-    """Per-coordinate array from one value per block (used for per-block damping)."""
-    xp = op.xp
-    parts = [
-        xp.full((b.size,), float(v), dtype=op.dtype, device=op.device)
-        for b, v in zip(op.blocks, values)
-    ]
-    return xp.concat(parts, axis=0)
-

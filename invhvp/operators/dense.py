@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from .. import _backend as B
-from ..errors import NotSymmetricError, ShapeError
-from .base import Operator
+from .. import _checks as C
+from ..errors import NotSymmetricError, OperatorTooLargeError, ShapeError
+from .base import Operator, Spectrum, eigvalsh_host, rounding_allowance
 
 __all__ = ["Dense"]
 
@@ -22,8 +27,8 @@ class Dense(Operator):
         positive definiteness of ``A + λI`` still detect failure themselves.
     symmetry_rtol : float, optional
         Symmetry is checked as ``max|A − Aᵀ| <= symmetry_rtol · max|A|``;
-        default ``1000 · eps(dtype)``.  The matrix is stored as given (not
-        symmetrized).
+        default ``1000 · eps(dtype)``; must be a finite number in ``[0, 1)``.  The
+        matrix is stored as given (not symmetrized).
 
     Examples
     --------
@@ -34,17 +39,18 @@ class Dense(Operator):
     """
 
     def __init__(self, matrix, *, psd: bool = True, symmetry_rtol: float | None = None):
-        xp = B.namespace(matrix)
-        B.check_float_dtype(matrix, "matrix")
+        xp = B.check_array(matrix, "matrix")
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ShapeError(f"matrix: expected a square 2-D array, got shape {tuple(matrix.shape)}")
         if matrix.shape[0] == 0:
             raise ShapeError("matrix: expected a non-empty matrix, got shape (0, 0)")
+        psd = C.flag(psd, "psd")
+        tol = C.real(symmetry_rtol, "symmetry_rtol", minimum=0.0, maximum=1.0, strict_max=True, optional=True)
         B.check_finite(xp, matrix, "matrix")
-        tol = 1000 * B.eps(matrix.dtype) if symmetry_rtol is None else float(symmetry_rtol)
+        tol = 1000 * B.eps(matrix.dtype) if tol is None else tol
         scale = float(xp.max(xp.abs(matrix)))
         asym = float(xp.max(xp.abs(matrix - matrix.T)))
-        if asym > tol * scale:
+        if not asym <= tol * scale:
             raise NotSymmetricError(
                 f"matrix: not symmetric: max|A - A^T| = {asym:.3g} exceeds "
                 f"symmetry_rtol·max|A| = {tol * scale:.3g}"
@@ -54,7 +60,7 @@ class Dense(Operator):
         self._size = int(matrix.shape[0])
         self._dtype = matrix.dtype
         self._device = B.device_of(matrix)
-        self._psd = bool(psd)
+        self._psd = psd
 
     def _matmat(self, V):
         return self.matrix @ V
@@ -64,3 +70,15 @@ class Dense(Operator):
 
     def diagonal(self):
         return self._xp.linalg.diagonal(self.matrix)
+
+    def spectrum(self, max_dim: int = 8192) -> Spectrum:
+        if self._size > max_dim:
+            raise OperatorTooLargeError(f"spectrum: the {self._size}×{self._size} eigenproblem exceeds max_dim={max_dim}")
+        ev = eigvalsh_host(self._xp, self.matrix)
+        return Spectrum(ev, np.ones_like(ev), rounding_allowance(ev, self._size, self._dtype))
+
+    def norm_bound(self) -> float:
+        # ‖A‖₂ <= ‖A‖_F, accumulated in float64 so float32 entries cannot overflow
+        from .._arrays import col_norms64
+
+        return math.sqrt(float(np.sum(col_norms64(self.matrix) ** 2)))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import _backend as B
-from ..errors import InputError, ShapeError
-from .base import Operator
+from .. import _checks as C
+from .._arrays import as_generator, col_norms64, row_sq_norms
+from ..errors import OperatorTooLargeError, ShapeError
+from .base import Operator, Spectrum, eigvalsh_host, rounding_allowance
 
 __all__ = ["LowRankPlusIdentity"]
 
@@ -22,7 +26,7 @@ class LowRankPlusIdentity(Operator):
     Parameters
     ----------
     factor : array, shape (n, d)
-        float32/float64 numpy array or torch tensor, finite, ``n, d >= 1``.
+        float32/float64 numpy array (a memory map works) or torch tensor, finite, ``n, d >= 1``.
     shift : float, default 0.0
         Non-negative multiple of the identity.
     scale : float, optional
@@ -41,10 +45,8 @@ class LowRankPlusIdentity(Operator):
     def __init__(self, factor, shift: float = 0.0, scale: float | None = None):
         xp, n, d = B.check_factor(factor, "factor")
         B.check_finite(xp, factor, "factor")
-        self.shift = B.finite_scalar(shift, "shift", minimum=0.0)
-        if scale is None:
-            scale = 1.0 / n
-        self.scale = B.finite_scalar(scale, "scale", minimum=0.0, strict=True)
+        self.shift = C.real(shift, "shift", minimum=0.0)
+        self.scale = 1.0 / n if scale is None else C.real(scale, "scale", minimum=0.0, strict=True)
         self.factor = factor
         self._xp = xp
         self._size = d
@@ -59,8 +61,7 @@ class LowRankPlusIdentity(Operator):
 
     def _matmat(self, V):
         U = self.factor
-        out = U.T @ (U @ V)
-        out = self.scale * out
+        out = self.scale * (U.T @ (U @ V))
         if self.shift != 0.0:
             out = out + self.shift * V
         return out
@@ -73,45 +74,58 @@ class LowRankPlusIdentity(Operator):
         return G
 
     def diagonal(self):
-        from .._arrays import row_sq_norms
-
         # column sums of squares as a fused reduction: no n×d temporary
         return self.shift + self.scale * row_sq_norms(self.factor.T)
 
-    def gram(self):
-        """The ``n×n`` matrix ``U Uᵀ`` (costs ``O(n² d)``)."""
-        U = self.factor
-        return U @ U.T
+    # ------------------------------------------------------------ structure protocol
+    def trace(self) -> float:
+        return self.shift * self._size + self.scale * float(self._xp.sum(row_sq_norms(self.factor)))
 
-    def with_shift(self, shift: float) -> LowRankPlusIdentity:
-        """The same factor with another ``shift`` (no copy of the factor)."""
-        return LowRankPlusIdentity(self.factor, shift=shift, scale=self.scale)
+    def norm_bound(self) -> float:
+        # ‖sUᵀU‖₂ <= s‖U‖_F², in float64
+        return self.shift + self.scale * float(np.sum(col_norms64(self.factor.T) ** 2))
+
+    def eig_lower(self) -> float:
+        return self.shift
+
+    def spectrum(self, max_dim: int = 8192) -> Spectrum:
+        """Eigenvalues from the smaller Gram side: ``n×n`` ``sUUᵀ`` or ``d×d`` ``sUᵀU``.
+
+        Cost ``O(min(n, d)² max(n, d))``; when ``n < d`` the remaining ``d − n``
+        eigenvalues equal ``shift``.
+        """
+        U = self.factor
+        n, d = (int(v) for v in U.shape)
+        m = min(n, d)
+        if m > max_dim:
+            raise OperatorTooLargeError(f"spectrum: the {m}×{m} eigenproblem exceeds max_dim={max_dim}")
+        ev = self.scale * eigvalsh_host(self._xp, U @ U.T if n <= d else U.T @ U)
+        values = np.concatenate([ev + self.shift, [self.shift]]) if n < d else ev + self.shift
+        counts = np.concatenate([np.ones(m), [d - n]]) if n < d else np.ones(m)
+        return Spectrum(values, counts, rounding_allowance(ev, m, self._dtype))
 
     # ------------------------------------------------------------ mini-batches (LiSSA)
     @property
-    def supports_minibatch(self) -> bool:
-        """Whether :meth:`minibatch` is available (always, for a low-rank factor)."""
-        return True
+    def n_samples(self) -> int:
+        return self.n_rows
 
     @property
-    def n_samples(self) -> int:
-        """Number of samples ``n`` whose average the operator is (``n_rows``)."""
-        return self.n_rows
+    def supports_minibatch(self) -> bool:
+        return True
+
+    def sample_second_moment_trace(self) -> float:
+        """``tr E[(g gᵀ)²] = mean_i ‖g̃_i‖⁴`` with ``g̃_i = sqrt(n·scale)·u_i`` (shift excluded)."""
+        r = (self.scale * self.n_rows) * row_sq_norms(self.factor)
+        return float(self._xp.mean(r * r))
 
     def minibatch_indices(self, batch_size: int, rng):
         """``batch_size`` row indices drawn uniformly *with replacement* (numpy int64, host).
 
-        Drawn on the host from the numpy ``rng`` so that numpy and torch operators
-        see the same rows for the same seed; only ``batch_size`` integers are moved
-        to the device.
+        Drawn on the host from the numpy ``rng`` so that numpy and torch operators see the
+        same rows for the same seed; only ``batch_size`` integers move to the device.
         """
-        import numpy as np
-
-        from .._arrays import as_generator
-
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise InputError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-        return as_generator(rng).integers(0, self.n_rows, size=int(batch_size))
+        b = C.integer(batch_size, "batch_size", minimum=1)
+        return as_generator(rng).integers(0, self.n_rows, size=b)
 
     def minibatch(self, batch_size: int, rng, *, indices=None) -> LowRankPlusIdentity:
         r"""An independent, unbiased mini-batch estimate ``Ã`` of this operator.
@@ -120,16 +134,13 @@ class LowRankPlusIdentity(Operator):
                   \qquad E\,Ã = μI + s\,U^TU,
 
         with the ``B`` rows drawn uniformly with replacement (``indices`` overrides the
-        draw, e.g. to route global indices to shards: the product is a sum over rows,
-        so shard operators holding disjoint rows add up).  Costs ``O(B d)`` to gather
-        the rows; a product then costs ``O(B d k)``.
+        draw).  Costs ``O(B d)`` to gather the rows; a product then costs ``O(B d k)``.
         """
-        xp = self._xp
-        idx = self.minibatch_indices(batch_size, rng) if indices is None else indices
-        nb = int(len(idx))
+        idx = self.minibatch_indices(batch_size, rng) if indices is None else np.asarray(indices)
+        nb = int(idx.size)
         if nb < 1:
             raise ShapeError("indices: expected at least one row index")
-        if B.is_torch(xp):
+        if B.is_torch(self._xp):
             import torch
 
             rows = self.factor[torch.as_tensor(idx, device=self._device)]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from .. import _backend as B
-from ..errors import DTypeError, InputError, ShapeError
+from .. import _checks as C
+from .._arrays import as_generator
+from ..errors import DeviceError, DTypeError, InputError, ShapeError, UnsupportedOperatorError
 from .base import Operator
 
 __all__ = ["MatrixFree"]
@@ -70,17 +72,19 @@ class MatrixFree(Operator):
             raise InputError(f"matvec: expected a callable, got {type(matvec).__name__}")
         if matmat is not None and not callable(matmat):
             raise InputError(f"matmat: expected a callable or None, got {type(matmat).__name__}")
-        if isinstance(size, bool) or not hasattr(size, "__index__"):
-            raise InputError(f"size: expected a positive int, got {size!r}")
-        size = int(size.__index__())
-        if size < 1:
-            raise InputError(f"size: expected a positive int, got {size}")
+        size = C.integer(size, "size", minimum=1)
+        psd = C.flag(psd, "psd")
         dtype = B.normalize_dtype(dtype)
         xp = B.namespace_of_dtype(dtype)
         if B.is_torch(xp):
             import torch
 
-            device = torch.device("cpu") if device is None else torch.device(device)
+            try:
+                device = torch.device("cpu") if device is None else torch.device(device)
+            except (TypeError, RuntimeError) as exc:
+                raise DeviceError(f"device: not a torch device: {device!r}") from exc
+            if device.type == "meta":
+                raise DeviceError("device: the 'meta' device holds no data; use a real device")
         else:
             if device not in (None, "cpu"):
                 raise InputError(f"device: numpy operators live on the CPU, got {device!r}")
@@ -97,12 +101,8 @@ class MatrixFree(Operator):
         self._diag = diagonal
         if sampler is not None and not callable(sampler):
             raise InputError(f"sampler: expected a callable or None, got {type(sampler).__name__}")
-        if n_samples is not None and (
-            isinstance(n_samples, bool) or not hasattr(n_samples, "__index__") or int(n_samples) < 1
-        ):
-            raise InputError(f"n_samples: expected a positive int or None, got {n_samples!r}")
         self.sampler = sampler
-        self.n_samples = None if n_samples is None else int(n_samples)
+        self._n_samples = C.integer(n_samples, "n_samples", minimum=1, optional=True)
 
     def _matmat(self, V):
         k = V.shape[1]
@@ -127,6 +127,10 @@ class MatrixFree(Operator):
             )
         if out.dtype != self._dtype:
             raise DTypeError(f"matvec/matmat callable returned dtype {out.dtype}, expected {self._dtype}")
+        if B.device_of(out) != self._device:
+            raise DeviceError(
+                f"matvec/matmat callable returned an array on device {B.device_of(out)}, expected {self._device}"
+            )
 
     def to_dense(self):
         xp = self._xp
@@ -139,6 +143,10 @@ class MatrixFree(Operator):
 
     # ------------------------------------------------------------ mini-batches (LiSSA)
     @property
+    def n_samples(self) -> int | None:
+        return self._n_samples
+
+    @property
     def supports_minibatch(self) -> bool:
         """Whether a ``sampler`` was given (needed for mini-batch LiSSA)."""
         return self.sampler is not None
@@ -149,26 +157,24 @@ class MatrixFree(Operator):
         The result is an invhvp operator; a returned ``matmat`` callable is wrapped in a
         :class:`MatrixFree` whose outputs are checked for shape and dtype.
         """
-        from ..errors import UnsupportedOperatorError
-
         if self.sampler is None:
             raise UnsupportedOperatorError(
                 "this MatrixFree operator has no `sampler`: pass MatrixFree(..., sampler=...) "
                 "for mini-batch products, or use full-batch products"
             )
-        import numpy as np
-
-        from .._arrays import as_generator
-
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise InputError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        b = C.integer(batch_size, "batch_size", minimum=1)
         # like LowRankPlusIdentity.minibatch: the sampler always gets a numpy Generator
-        est = self.sampler(int(batch_size), as_generator(rng))
+        est = self.sampler(b, as_generator(rng))
         if isinstance(est, Operator):
-            if est.size != self._size or est.dtype != self._dtype or est.xp is not self._xp:
+            if (
+                est.size != self._size
+                or est.dtype != self._dtype
+                or est.xp is not self._xp
+                or est.device != self._device
+            ):
                 raise ShapeError(
                     f"sampler: returned {est!r}; expected an operator of size {self._size}, "
-                    f"dtype {self._dtype} from the same array library"
+                    f"dtype {self._dtype} on device {self._device} from the same array library"
                 )
             return est
         if not callable(est):

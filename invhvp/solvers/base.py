@@ -1,4 +1,11 @@
-"""Solver protocol, matvec counting and per-block damping helpers."""
+"""Solver protocol and matvec counting.
+
+A :class:`Solver` is a frozen configuration.  Its one job is :meth:`Solver._factor`: do the
+one-time work for one operator and one damping value (a factorization, row weights, a
+sketch, a plan) and return an :class:`~invhvp.solvers.inverse.Inverse` that applies the
+result to any number of right-hand sides.  :func:`invhvp.inverse` calls it once per block
+of a :class:`~invhvp.BlockDiagonal` (unless the solver works on the joint operator).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..operators.base import Operator
-from ..operators.block_diagonal import BlockDiagonal
 from ..result import Status
 
-__all__ = ["Solver", "Counted", "Outcome", "damping_for_blocks", "damping_array"]
+__all__ = ["Solver", "Counted", "Outcome"]
 
 
 class _Counter:
@@ -24,8 +30,8 @@ class Counted:
     """Wraps an operator and counts the vectors it is applied to.
 
     ``counted.op`` is the underlying operator (for structure-aware solvers);
-    ``counted.matmat(V)`` applies it to ``V`` (``d×k``) and adds ``k`` to the count.
-    ``counted.wrap(block)`` shares the counter with a sub-operator.
+    ``counted.matmat(V)`` applies it to ``V`` (``d×k``) and adds ``k`` to the count;
+    ``counted.add(k)`` counts work done outside ``matmat`` (e.g. forming a Gram matrix).
     """
 
     __slots__ = ("op", "counter")
@@ -38,8 +44,8 @@ class Counted:
         self.counter.n += int(V.shape[1])
         return self.op._matmat(V)
 
-    def wrap(self, op: Operator) -> Counted:
-        return Counted(op, self.counter)
+    def add(self, k) -> None:
+        self.counter.n += int(k)
 
     @property
     def n(self) -> int:
@@ -48,46 +54,46 @@ class Counted:
 
 @dataclass
 class Outcome:
-    """What a solver's ``_run`` returns to :func:`invhvp.solve`."""
+    """What an inverse's ``_apply`` returns for a ``(d, k)`` right-hand side.
+
+    ``residual``, when the solver computed the true residual ``B − (A + λI)X`` itself
+    (CG does, to restart), saves the front end a product.
+    """
 
     x: Any
     status: Status = Status.SUCCESS
     n_iter: int = 0
     info: dict = field(default_factory=dict)
+    residual: Any = None
+    check_matvec: int = 0
 
 
 class Solver(abc.ABC):
-    """Base class of invhvp solvers.
+    """Base class of invhvp solvers (frozen configuration objects).
 
-    A solver is a frozen configuration object; :func:`invhvp.solve` validates the
-    inputs and calls ``_run(counted, B, damping)`` with ``B`` a ``(d, k)`` array and
-    ``damping`` a float or, for :class:`~invhvp.BlockDiagonal`, a tuple of floats
-    (one per block).
+    Subclasses implement :meth:`_factor` and may override :meth:`check_supported`
+    (refuse an operator up front, with a message that says what to use instead) and
+    :meth:`splits_blocks` (``False`` to solve a block-diagonal operator jointly).
     """
 
     name: str = "solver"
 
-    @abc.abstractmethod
-    def _run(self, counted: Counted, B, damping) -> Outcome: ...
+    def splits_blocks(self) -> bool:
+        """Whether :func:`invhvp.inverse` factors each block of a BlockDiagonal on its own."""
+        return True
 
-    def _check_supported(self, op: Operator) -> None:
-        """Raise UnsupportedOperatorError before any work if ``op`` cannot be handled."""
+    def check_supported(self, op: Operator) -> None:
+        """Raise UnsupportedOperatorError before any work if ``op`` (one block) cannot be handled."""
         return None
 
+    def _per_block(self, op, rng=None) -> list:
+        """``(solver, rng)`` for each block of a BlockDiagonal ``op``.
 
-def damping_for_blocks(op: BlockDiagonal, damping) -> tuple[float, ...]:
-    """One damping value per block of ``op`` from a scalar or a per-block tuple."""
-    if isinstance(damping, tuple):
-        return damping
-    return (float(damping),) * op.n_blocks
+        The default uses this configuration unchanged and no randomness; CG splits ``atol``
+        and ``x0`` over the blocks, LiSSA draws independent generators.
+        """
+        return [(self, None)] * op.n_blocks
 
-
-def damping_array(op: Operator, damping):
-    """``damping`` as a float, or as a ``(d, 1)`` array when it differs per block."""
-    if not isinstance(damping, tuple):
-        return float(damping)
-    if len(set(damping)) == 1:
-        return float(damping[0])
-    from ..operators.block_diagonal import expand_block_values
-
-    return expand_block_values(op, damping)[:, None]
+    @abc.abstractmethod
+    def _factor(self, counted: Counted, damping, rng=None):
+        """The one-time work for ``counted.op`` and ``damping``; returns an Inverse."""

@@ -1,118 +1,64 @@
-r"""DataInf (Kwon et al. 2023): the closed-form approximate inverse of THEORY.md §4."""
+r"""DataInf (Kwon et al. 2023): the closed-form approximate inverse of docs/theory.md §4.
+
+The one home of DataInf's formulas: the apply ``R B``, the influence block ``T R Uᵀ`` (three
+products or the Gram route) and the self-influence diagonal.  Its certificates live in
+:mod:`invhvp.bounds.datainf`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._arrays import CHUNK_ELEMENTS, row_chunks, row_sq_norms
+from .. import _backend as Bk
+from .. import _checks as C
+from .._arrays import row_chunks, row_sq_norms, rows_per_chunk
 from ..bounds.datainf import datainf_certificates
-from ..errors import DampingError, InputError, UnsupportedOperatorError
-from ..operators import BlockDiagonal, LowRankPlusIdentity, Operator
-from .base import Counted, Outcome, Solver, damping_for_blocks
+from ..errors import DampingError, UnsupportedOperatorError
+from ..operators import LowRankPlusIdentity
+from ..result import Status
+from .base import Outcome, Solver
+from .inverse import Inverse
 
-__all__ = ["DataInf", "datainf_apply"]
+__all__ = ["DataInf", "DataInfInverse"]
+
+#: Largest n×n Gram (elements) the influence routes may hold at once.
+GRAM_MAX_ELEMENTS = 1 << 26
 
 _NOTE = (
     "DataInf is an approximation of (A + damping·I)⁻¹: the residual against the exact operator is "
-    "not small by design. Status 'success' means the approximation was applied as specified; "
-    "its distance to the exact solution is bounded by info['approximation_bound'] and by "
-    "info['error_bound'] (= ||r||/λ)."
+    "not small by design. Status 'success' means the approximation was applied as specified; its "
+    "distance to the exact solution is bounded by info['approximation_bound'] (certificate) and by "
+    "info['error_bound'] (= (‖r‖ + δ)/λ)."
 )
-
-
-def _chunk_rows(k: int, chunk_size) -> int:
-    if chunk_size is not None:
-        return int(chunk_size)
-    # the temporaries are (rows × k) and one d × k: only k decides whether chunking helps
-    return max(1, CHUNK_ELEMENTS // max(int(k), 1))
-
-
-def datainf_apply(U, B, lam: float, *, scale=None, chunk_size=None, sq_norms=None):
-    r"""``R B`` for the DataInf inverse of ``λI + scale·UᵀU`` (no validation).
-
-    .. math:: R B = \tfrac1\lambda\,[\,B - s\,U^T (D\,(U B))\,],\qquad
-              D = \operatorname{diag}\big(1/(\lambda + n s\,\|u_i\|^2)\big)
-
-    which is THEORY.md §4 with ``g̃_i = sqrt(n s)·u_i``.  Two matrix products,
-    ``O(ndk)``, over chunks of ``chunk_size`` rows of ``U`` (temporaries
-    ``chunk_size×k`` plus one ``d×k``; by default one chunk unless ``n·k > 2**24``).
-    """
-    n, d = (int(v) for v in U.shape)
-    k = int(B.shape[1])
-    s = 1.0 / n if scale is None else float(scale)
-    if sq_norms is None:
-        sq_norms = row_sq_norms(U, chunk_rows=chunk_size)
-    w = s / (lam + (n * s) * sq_norms)  # s·D_ii
-    c = _chunk_rows(k, chunk_size)
-    if c >= n:
-        acc = U.T @ (w[:, None] * (U @ B))
-    else:
-        acc = None
-        for sl in row_chunks(n, c):
-            Uc = U[sl, :]
-            term = Uc.T @ (w[sl, None] * (Uc @ B))
-            if acc is None:
-                acc = term
-            else:
-                acc += term
-    return (B - acc) / lam
-
-
-def _leaves(op, damping):
-    """(operator, damping) for every LowRankPlusIdentity leaf, in coordinate order."""
-    if isinstance(op, BlockDiagonal):
-        out = []
-        for b, lam in zip(op.blocks, damping_for_blocks(op, damping)):
-            out.extend(_leaves(b, lam))
-        return out
-    return [(op, float(damping))]
 
 
 @dataclass(frozen=True)
 class DataInf(Solver):
-    r"""DataInf: average of rank-one inverses instead of the inverse of the average.
+    r"""DataInf: the average of rank-one inverses instead of the inverse of the average.
 
     For a :class:`~invhvp.LowRankPlusIdentity` block ``A = μI + s·UᵀU`` (rows ``u_i`` =
-    per-sample gradients) and ``λ = μ + damping > 0``, with ``g̃_i = sqrt(n s)·u_i``:
+    per-sample gradients) and ``λ = μ + damping > 0``, with ``w_i = s/(λ + n s‖u_i‖²)``:
 
-    .. math::
+    .. math:: (A + \text{damping}\,I)^{-1} \approx R,\qquad
+              R\,B = \tfrac1\lambda\,[\,B - U^T (w \odot (U B))\,]
 
-        (A + \text{damping}\,I)^{-1} \approx R
-        = \frac1n\sum_i (\tilde g_i\tilde g_i^T + \lambda I)^{-1}
-        = \frac1\lambda\Big[I - \frac1n\,\tilde G^T D\,\tilde G\Big],\quad
-        D = \operatorname{diag}\Big(\frac{1}{\lambda + \|\tilde g_i\|^2}\Big)
+    two products per block, ``O(ndk)``, chunked over rows of ``U``; never a ``d×d`` matrix
+    and never a loop over samples.  A :class:`~invhvp.BlockDiagonal` of such blocks is handled
+    per block with per-block damping.  Other operators are refused up front: DataInf needs
+    the per-sample factors.
 
-    applied as ``R B = (1/λ)[B − s·Uᵀ(D(U B))]``: two matrix products per block,
-    ``O(n d k)`` for ``k`` right-hand sides, chunked over rows of ``U`` so temporaries stay
-    below ``chunk_size × k`` elements plus one ``d×k``; never a ``d×d`` matrix and
-    never a Python loop over samples.  A :class:`~invhvp.BlockDiagonal` of such blocks is
-    handled per block with per-block damping (as in the paper).  Other operators are refused
-    up front: DataInf needs the per-sample factors.
-
-    DataInf is an *approximation*: ``result.residual_norm`` against the exact ``A + λI`` is
-    not small, and :func:`invhvp.solve` still reports ``SUCCESS`` (the approximation was
-    applied as specified).  How far it is from the exact solution is certified by the
-    bounds of :mod:`invhvp.bounds.datainf`; ``result.info`` holds
-
-    - ``"certificates"``: one dict per block (see
-      :func:`~invhvp.bounds.datainf_certificates`): ``paper_bound``, ``certificate``,
-      ``lambda_max`` (+ method), ``intermediate``, ``true_error``, ``bound``;
-    - ``"approximation_bound"``: per column, ``||x − x_exact|| <= sqrt(Σ_l (bound_l·||b_l||)²)``;
-    - ``"damping_total"``: ``λ = shift + damping`` per block.
-
-    With ``certify=False`` (default) only the ``O(nd)`` certificates are computed (``λ_max``
-    bounded by the trace); ``certify=True`` adds the exact ``λ_max`` from the ``n×n`` Gram
-    (``O(n²d)``, when ``n <= 2048``), the intermediate bound and the true spectral error
-    (when ``min(n, d)`` is small enough) -- costs that can exceed the solve itself.
-    ``result.n_matvec`` is 0: DataInf never applies the operator.
+    Status SUCCESS means the approximation was applied as specified (its residual against
+    ``A + λI`` is not small by design); ``info`` has ``certificates`` (per block, see
+    :func:`~invhvp.bounds.datainf_certificates`), ``approximation_bound`` per column
+    (``bound·‖b‖ >= ‖x − x_exact‖``) and the a-posteriori ``error_bound``.
 
     Parameters
     ----------
     certify : bool, default False
-        Compute the expensive certificates too.
+        Also compute the expensive certificates (exact ``λ_max`` from the ``n×n`` Gram, the
+        intermediate bound, the true error when small): costs that can exceed the solve.
     chunk_size : int, optional
-        Rows of ``U`` per chunk; default keeps the ``rows×k`` temporary near ``2**24``
-        elements (one chunk for ``n·k <= 2**24``).
+        Rows of ``U`` per chunk; default keeps temporaries near ``2**24`` elements.
 
     Examples
     --------
@@ -122,8 +68,6 @@ class DataInf(Solver):
     >>> res = ih.solve(op, np.array([1.0, 1.0]), ih.DataInf(), damping=1.0)
     >>> res.x                                            # (1/2)Σ_i (u_i u_iᵀ + I)⁻¹ b
     array([0.75, 0.6 ])
-    >>> res.status.value, res.info["certificates"][0]["bound"] >= 0
-    ('success', True)
     """
 
     certify: bool = False
@@ -131,59 +75,79 @@ class DataInf(Solver):
     name = "datainf"
 
     def __post_init__(self):
-        if not isinstance(self.certify, bool):
-            raise InputError(f"certify: expected True or False, got {self.certify!r}")
-        c = self.chunk_size
-        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
-            raise InputError(f"chunk_size: expected a positive int or None, got {c!r}")
+        C.flag(self.certify, "certify")
+        C.integer(self.chunk_size, "chunk_size", minimum=1, optional=True)
 
-    def _check_supported(self, op: Operator, where: str = "operator") -> None:
-        if isinstance(op, BlockDiagonal):
-            for i, b in enumerate(op.blocks):
-                self._check_supported(b, f"{where}.blocks[{i}]")
-        elif not isinstance(op, LowRankPlusIdentity):
+    def check_supported(self, op) -> None:
+        if not isinstance(op, LowRankPlusIdentity):
             raise UnsupportedOperatorError(
-                f"DataInf needs per-sample factors: {where} is {type(op).__name__}, but DataInf "
+                f"DataInf needs per-sample factors: the operator is {type(op).__name__}, but DataInf "
                 "works only on LowRankPlusIdentity(U) (rows of U = per-sample gradients) or a "
                 "BlockDiagonal of them. Build the operator from the gradients, or use "
                 "invhvp.Exact() / invhvp.CG() for this operator"
             )
 
-    def _run(self, counted: Counted, B, damping) -> Outcome:
+    def _factor(self, counted, damping, rng=None):
         op = counted.op
-        self._check_supported(op)
-        xp = op.xp
-        leaves = _leaves(op, damping)
-        lams = []
-        for i, (blk, dmp) in enumerate(leaves):
-            lam = blk.shift + dmp
-            if not lam > 0.0:
-                where = "" if len(leaves) == 1 else f" for block {i}"
-                raise DampingError(
-                    f"damping: DataInf needs λ = shift + damping > 0{where} (every rank-one term is "
-                    f"g gᵀ + λI); got shift={blk.shift}, damping={dmp}. Pass damping > 0, e.g. "
-                    "invhvp.default_damping(operator)"
-                )
-            lams.append(lam)
-        parts, certs, bound_sq = [], [], None
-        offset = 0
-        for (blk, _), lam in zip(leaves, lams):
-            Bl = B[offset : offset + blk.size, :]
-            offset += blk.size
-            U = blk.factor
-            t = row_sq_norms(U, chunk_rows=self.chunk_size)
-            parts.append(datainf_apply(U, Bl, lam, scale=blk.scale, chunk_size=self.chunk_size, sq_norms=t))
-            c = datainf_certificates(U, lam, scale=blk.scale, full=self.certify, sq_norms=t)
-            certs.append(c)
-            term = (c["bound"] * xp.linalg.vector_norm(Bl, axis=0)) ** 2
-            bound_sq = term if bound_sq is None else bound_sq + term
-        X = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
-        info = {
-            "method": "datainf",
-            "damping_total": lams[0] if not isinstance(op, BlockDiagonal) else tuple(lams),
-            "certificates": certs,
-            "approximation_bound": xp.sqrt(bound_sq),
-            "certified": self.certify,
-            "note": _NOTE,
-        }
-        return Outcome(x=X, n_iter=0, info=info)
+        self.check_supported(op)
+        lam = op.shift + float(damping)
+        if not lam > 0.0:
+            raise DampingError(
+                f"damping: DataInf needs λ = shift + damping > 0 (every rank-one term is g gᵀ + λI); "
+                f"got shift={op.shift}, damping={damping}. Pass damping > 0, e.g. invhvp.default_damping(operator)"
+            )
+        return DataInfInverse(self, counted, float(damping), lam)
+
+
+class DataInfInverse(Inverse):
+    """DataInf's ``R`` for one block: row weights computed once, then two products per apply."""
+
+    kind = "approximation"
+
+    def __init__(self, solver: DataInf, counted, damping: float, lam: float):
+        op = counted.op
+        super().__init__(solver, counted, damping, {"method": "datainf", "damping_total": lam, "note": _NOTE})
+        self.lam, self.U, self.s, self.chunk = lam, op.factor, op.scale, solver.chunk_size
+        t = row_sq_norms(self.U, chunk_rows=self.chunk)
+        self.t = t
+        self.w = self.s / (lam + (op.n_rows * self.s) * t)  # s·D_ii
+        cert = datainf_certificates(self.U, lam, scale=self.s, full=solver.certify, sq_norms=t)
+        self.bound = cert["bound"]
+        self.info["certificates"] = cert
+
+    def _apply(self, B):
+        U, w = self.U, self.w
+        n = int(U.shape[0])
+        acc = None
+        for sl in row_chunks(n, rows_per_chunk(int(B.shape[1]), self.chunk)):
+            Uc = U[sl, :]
+            term = Uc.T @ (w[sl, None] * (Uc @ B))
+            acc = term if acc is None else acc + term
+        return Outcome(x=(B - acc) / self.lam)
+
+    def _verify(self, out, chk):
+        return Status.SUCCESS, {"approximation_bound": self.bound * chk.b}
+
+    def _quad_own(self, T, chunk_size):
+        """``T R Uᵀ = (P − (P∘w) K)/λ`` with ``P = TUᵀ``: three products, or ``K = UUᵀ`` when cheaper."""
+        xp, U = self.operator.xp, self.U
+        n, d = (int(v) for v in U.shape)
+        m = int(T.shape[0])
+        gram = n * n * d + m * n * n < 2 * m * n * d and n * n <= GRAM_MAX_ELEMENTS
+        K = U @ U.T if gram else None
+        out = xp.zeros((m, n), dtype=T.dtype, device=Bk.device_of(T))
+        for sl in row_chunks(m, rows_per_chunk(max(d, n), chunk_size)):
+            P = T[sl, :] @ U.T
+            Q = (P * self.w[None, :]) @ K if K is not None else ((P * self.w[None, :]) @ U) @ U.T
+            out[sl, :] = (P - Q) / self.lam
+        return out
+
+    def _diag_own(self, chunk_size):
+        """``u_iᵀ R u_i = (‖u_i‖² − Σ_j w_j (u_jᵀu_i)²)/λ`` from Gram rows, ``chunk × n`` at a time."""
+        xp, U = self.operator.xp, self.U
+        n, d = (int(v) for v in U.shape)
+        parts = []
+        for sl in row_chunks(n, rows_per_chunk(max(n, d), chunk_size)):
+            Kc = U[sl, :] @ U.T
+            parts.append((self.t[sl] - (Kc * Kc) @ self.w) / self.lam)
+        return xp.concat(parts, axis=0)

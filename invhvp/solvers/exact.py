@@ -1,158 +1,330 @@
-"""Exact (direct) solves: Cholesky, Woodbury, per block."""
+"""Exact (direct) inverses: Cholesky, Woodbury and its push-through forms (docs/theory.md §3).
+
+One home for the exact formulas.  ``factorize`` dispatches on the operator type
+(``functools.singledispatch``): a new operator registers its factorization here, and
+``exact_cost`` tells the automatic choice whether a direct solve is cheap.
+"""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
 
+import numpy as np
+
 from .. import _backend as Bk
+from .. import _checks as C
+from .._arrays import random_matrix, row_chunks, rows_per_chunk
 from ..errors import (
     InputError,
     NonFiniteError,
     NotPositiveDefiniteError,
     NotSymmetricError,
     OperatorTooLargeError,
+    UnsupportedOperatorError,
 )
-from ..operators import BlockDiagonal, Dense, LowRankPlusIdentity, MatrixFree, Operator
-from .base import Counted, Outcome, Solver, damping_for_blocks
+from ..operators import BlockDiagonal, Dense, LowRankPlusIdentity, MatrixFree
+from ..result import Status
+from .base import Solver
+from .inverse import Inverse
 
-__all__ = ["Exact"]
+__all__ = ["Exact", "ExactInverse", "factorize", "exact_cost", "AUTO_DENSE_MAX"]
+
+#: Largest dense / small-side dimension the automatic choice factorizes (Cholesky is O(m³)).
+AUTO_DENSE_MAX = 4096
+#: Default forward-error tolerance of an exact solve, by precision (flags exhausted precision).
+DEFAULT_RTOL = {4: 1e-2, 8: 1e-6}
 
 
 @dataclass(frozen=True)
 class Exact(Solver):
     r"""Direct solve of ``(A + λI) X = B`` that uses the operator's structure.
 
-    - :class:`~invhvp.Dense`: Cholesky of ``A + λI`` (``O(d³)``); failure raises
+    - :class:`~invhvp.Dense`: Cholesky of ``A + λI`` (``d³/3``); failure raises
       :class:`~invhvp.errors.NotPositiveDefiniteError` (no jitter is added).
-    - :class:`~invhvp.LowRankPlusIdentity` ``μI + s·UᵀU`` (``U`` is ``n×d``), with ``c = μ + λ``:
-      when ``n < d``, Woodbury
+    - :class:`~invhvp.LowRankPlusIdentity` ``μI + s·UᵀU`` (``U`` is ``n×d``), ``c = μ + λ``:
+      when ``n < d`` Woodbury (dual route), ``(cI + sUᵀU)⁻¹b = (1/c)[b − Uᵀ(c/s·I + UUᵀ)⁻¹Ub]``,
+      ``n²d + n³/3`` once and ``2ndk`` per apply; otherwise Cholesky of the ``d×d`` matrix
+      (primal route, ``nd² + d³/3`` once, ``d²k`` per apply).
+    - :class:`~invhvp.MatrixFree`: materialized with ``d`` products and factorized, only when
+      ``d <= max_dense_size``.
+    - :class:`~invhvp.BlockDiagonal`: each block on its own (:func:`invhvp.inverse`).
 
-      .. math:: (cI + sU^TU)^{-1} b = \tfrac1c\,[\,b - U^T (\tfrac{c}{s} I_n + UU^T)^{-1} U b\,]
-
-      costing ``O(n²d + n³ + ndk)`` and never forming a ``d×d`` matrix; otherwise
-      Cholesky of the ``d×d`` matrix (``O(nd² + d³)``).
-    - :class:`~invhvp.BlockDiagonal`: each block on its own, with its own damping.
-    - :class:`~invhvp.MatrixFree`: materialized with ``d`` matvecs and factorized, only
-      when ``d <= max_dense_size``; larger operators are refused (use :class:`~invhvp.CG`).
+    **Status** (docs/theory.md §7): the setup estimates ``‖(A+λI)⁻¹‖`` by inverse power
+    iteration with the factor and ``κ`` with a few products; each solve reports the
+    forward-error estimate ``‖(A+λI)⁻¹‖·(‖r‖ + δ)/‖x‖`` per column from the true residual,
+    and is SUCCESS only when it is ``<= rtol``, else INACCURATE (use float64 or more damping).
 
     Parameters
     ----------
+    rtol : float, optional
+        Relative forward-error tolerance; default ``1e-6`` (float64), ``1e-2`` (float32):
+        only solves whose working precision is exhausted are flagged.
     max_dense_size : int, default 4096
         Largest ``d`` for which a matrix-free operator may be materialized.
-    woodbury : bool or None, default None
-        Force (True) or forbid (False) Woodbury for low-rank operators; ``None`` picks
-        Woodbury exactly when ``n < d``.
+    woodbury : bool or None
+        Force (True) or forbid (False) Woodbury for low-rank operators; ``None``: when ``n < d``.
 
     Examples
     --------
     >>> import numpy as np, invhvp as ih
     >>> U = np.random.default_rng(0).standard_normal((5, 1000))
     >>> res = ih.solve(ih.LowRankPlusIdentity(U), np.ones(1000), ih.Exact(), damping=0.1)
-    >>> res.info["method"], bool(res.residual_norm < 1e-10)
-    ('woodbury', True)
+    >>> res.info["method"], res.status.value, bool(res.info["error_estimate"][0] < 1e-10)
+    ('woodbury', 'success', True)
     """
 
+    rtol: float | None = None
     max_dense_size: int = 4096
     woodbury: bool | None = None
     name = "exact"
 
     def __post_init__(self):
-        if isinstance(self.max_dense_size, bool) or not isinstance(self.max_dense_size, int) or self.max_dense_size < 1:
-            raise InputError(f"max_dense_size: expected a positive int, got {self.max_dense_size!r}")
-        if self.woodbury not in (None, True, False):
-            raise InputError(f"woodbury: expected None, True or False, got {self.woodbury!r}")
+        C.real(self.rtol, "rtol", minimum=0.0, strict=True, optional=True)
+        C.integer(self.max_dense_size, "max_dense_size", minimum=1)
+        if self.woodbury is not None:
+            C.flag(self.woodbury, "woodbury")
 
-    def _check_supported(self, op: Operator) -> None:
-        if isinstance(op, BlockDiagonal):
-            for b in op.blocks:
-                self._check_supported(b)
-        elif isinstance(op, MatrixFree) and op.size > self.max_dense_size:
+    def check_supported(self, op) -> None:
+        if isinstance(op, MatrixFree) and op.size > self.max_dense_size:
             raise OperatorTooLargeError(
                 f"Exact would materialize a {op.size}×{op.size} matrix from a matrix-free operator "
                 f"(max_dense_size={self.max_dense_size}); use invhvp.CG() instead, or raise "
                 "max_dense_size if that much memory is acceptable"
             )
+        if factorize.dispatch(type(op)) is factorize.dispatch(object):
+            raise UnsupportedOperatorError(
+                f"Exact has no factorization registered for {type(op).__name__}; use invhvp.CG()"
+            )
 
-    def _run(self, counted: Counted, B, damping) -> Outcome:
-        info: dict = {}
-        X = _exact(counted.op, B, damping, counted, self, info)
-        return Outcome(x=X, n_iter=0, info=info)
+    def _factor(self, counted, damping, rng=None):
+        self.check_supported(counted.op)
+        fac = factorize(counted.op, float(damping), counted, self)
+        return ExactInverse(self, counted, float(damping), fac)
+
+
+class ExactInverse(Inverse):
+    """A factorization of ``A + λI`` with a condition estimate (see :class:`Exact`)."""
+
+    kind = "direct"
+
+    def __init__(self, solver: Exact, counted, lam: float, fac):
+        super().__init__(solver, counted, lam, {"method": fac.method})
+        self.fac = fac
+        op = counted.op
+        u = Bk.eps(op.dtype)
+        self.rtol = solver.rtol if solver.rtol is not None else DEFAULT_RTOL[8 if u < 1e-10 else 4]
+        inv_norm = _power_norm(fac.apply, op, steps=6)
+        lo = self.lam_lower()
+        if lo is not None and lo > 0:
+            inv_norm = min(2.0 * inv_norm, 1.0 / lo)  # 2× safety on a Rayleigh (lower) estimate
+        else:
+            inv_norm = 2.0 * inv_norm
+        norm = _power_norm(fac.apply_matrix, op, steps=6)
+        self.inv_norm = inv_norm
+        cond = norm * inv_norm
+        self.info.update(
+            condition_estimate=cond,
+            inverse_norm_estimate=inv_norm,
+            rtol=self.rtol,
+            predicted_error=3.0 * u * cond,
+        )
+        if not 3.0 * u * cond <= self.rtol:
+            self.setup_status = Status.INACCURATE
+            self.info["advice"] = (
+                f"condition estimate {cond:.3g} in {op.dtype} (unit roundoff {u:.2g}) allows a relative error "
+                f"up to about {3 * u * cond:.2g} > rtol={self.rtol:g}: use float64 or more damping"
+            )
+
+    def _apply(self, B):
+        from .base import Outcome
+
+        return Outcome(x=self.fac.apply(B))
+
+    def _verify(self, out, chk):
+        est = self.inv_norm * (chk.r + chk.delta) / np.maximum(chk.x, 1e-300)
+        info = {"error_estimate": est, "rtol": self.rtol}
+        if np.all(est <= self.rtol):
+            return Status.SUCCESS, info
+        worst = float(np.max(est))
+        info["advice"] = (
+            f"estimated relative error {worst:.3g} > rtol={self.rtol:g} "
+            f"(condition estimate {self.info['condition_estimate']:.3g}"
+            + (
+                "; the residual is far above rounding: the operator's products may be random "
+                "(dropout in train mode?) or inconsistent"
+                if float(np.max(chk.r / np.maximum(chk.b, 1e-300))) > 1e3 * chk.u * self.info["condition_estimate"]
+                else "; use float64 or more damping"
+            )
+            + ")"
+        )
+        return Status.INACCURATE, info
+
+    def _quad_own(self, T, chunk_size):
+        return self.fac.quad_own(T, chunk_size)
+
+    def _diag_own(self, chunk_size):
+        return self.fac.diag_own(chunk_size)
+
+
+def _power_norm(apply, op, steps):
+    """Rayleigh estimate of ``‖M‖`` for a symmetric ``apply`` (a lower bound; deterministic start)."""
+    xp = op.xp
+    q = random_matrix(xp, (op.size, 1), op.dtype, op.device, 12345, kind="normal")
+    est = 0.0
+    for _ in range(steps):
+        nq = float(xp.linalg.vector_norm(q))
+        if not nq > 0.0:
+            break
+        q = q / nq
+        w = apply(q)
+        est = float(xp.linalg.vector_norm(w))
+        q = w
+    if not np.isfinite(est):
+        raise NonFiniteError("the factorization produced non-finite values (overflow): rescale the problem")
+    return est
+
+
+# ----------------------------------------------------------------------------- factors
+class _Cholesky:
+    """``M = A + λI`` held dense with its lower Cholesky factor (primal route)."""
+
+    def __init__(self, M, what: str):
+        self.xp = Bk.namespace(M)
+        self.M = M
+        self.L = Bk.cholesky(self.xp, M, what)
+        self.method = "cholesky"
+
+    def apply(self, B):
+        return Bk.cho_solve(self.xp, self.L, B)
+
+    def apply_matrix(self, V):
+        return self.M @ V
+
+    def quad_own(self, T, chunk_size):
+        return None
+
+    def diag_own(self, chunk_size):
+        return None
+
+
+class _Woodbury:
+    """``M = cI + sUᵀU`` with ``n < d``, through the ``n×n`` capacitance ``c/s·I + UUᵀ`` (dual route)."""
+
+    def __init__(self, op: LowRankPlusIdentity, c: float):
+        xp, U = op.xp, op.factor
+        self.xp, self.U, self.c, self.s = xp, U, c, op.scale
+        self.K = U @ U.T
+        n = int(U.shape[0])
+        C_ = self.K + (c / self.s) * xp.eye(n, dtype=U.dtype, device=Bk.device_of(U))
+        self.L = Bk.cholesky(xp, C_, "n×n capacitance matrix (c/s)·I + U Uᵀ")
+        self.method = "woodbury"
+
+    def apply(self, B):
+        Y = Bk.cho_solve(self.xp, self.L, self.U @ B)
+        return (B - self.U.T @ Y) / self.c
+
+    def apply_matrix(self, V):
+        return self.s * (self.U.T @ (self.U @ V)) + self.c * V
+
+    def quad_own(self, T, chunk_size):
+        # T (cI + sUᵀU)⁻¹ Uᵀ = (1/s) · T Uᵀ (c/s·I + UUᵀ)⁻¹   (push-through identity)
+        xp, U = self.xp, self.U
+        m, n = int(T.shape[0]), int(U.shape[0])
+        out = xp.zeros((m, n), dtype=T.dtype, device=Bk.device_of(T))
+        for sl in row_chunks(m, rows_per_chunk(max(n, int(U.shape[1])), chunk_size)):
+            P = T[sl, :] @ U.T
+            out[sl, :] = Bk.cho_solve(xp, self.L, P.T).T / self.s
+        return out
+
+    def diag_own(self, chunk_size):
+        # u_iᵀ (cI + sUᵀU)⁻¹ u_i = (1/s) [K (c/s·I + K)⁻¹]_ii
+        Y = Bk.cho_solve(self.xp, self.L, self.K)
+        return self.xp.linalg.diagonal(Y) / self.s
+
+
+def _shifted(M, lam):
+    if lam == 0.0:
+        return M
+    xp = Bk.namespace(M)
+    return M + lam * xp.eye(int(M.shape[0]), dtype=M.dtype, device=Bk.device_of(M))
 
 
 @functools.singledispatch
-def _exact(op, B, damping, counted, cfg, info):
-    raise OperatorTooLargeError(  # pragma: no cover - every concrete operator is registered
-        f"Exact does not know how to solve with {type(op).__name__}; use invhvp.CG()"
-    )
+def factorize(op, lam, counted, cfg):
+    """Factor ``op + lam·I`` for :class:`Exact`; register a new operator type here."""
+    raise UnsupportedOperatorError(f"Exact has no factorization for {type(op).__name__}; use invhvp.CG()")
 
 
-def _cholesky_solve(xp, M, B, what):
-    L = Bk.cholesky(xp, M, what)
-    return Bk.cho_solve(xp, L, B)
+@factorize.register
+def _(op: Dense, lam, counted, cfg):
+    return _Cholesky(_shifted(op.matrix, lam), "matrix A + damping·I")
 
 
-def _shifted(xp, M, lam):
-    if lam == 0.0:
-        return M
-    d = M.shape[0]
-    return M + lam * xp.eye(d, dtype=M.dtype, device=Bk.device_of(M))
-
-
-@_exact.register
-def _(op: Dense, B, damping, counted, cfg, info):
-    xp = op.xp
-    info["method"] = "cholesky"
-    return _cholesky_solve(xp, _shifted(xp, op.matrix, float(damping)), B, "matrix A + damping·I")
-
-
-@_exact.register
-def _(op: LowRankPlusIdentity, B, damping, counted, cfg, info):
-    xp, U = op.xp, op.factor
-    n, d = U.shape
-    c = op.shift + float(damping)
-    use_woodbury = (n < d) if cfg.woodbury is None else cfg.woodbury
-    if use_woodbury:
+@factorize.register
+def _(op: LowRankPlusIdentity, lam, counted, cfg):
+    n, d = op.factor.shape
+    c = op.shift + lam
+    if (n < d) if cfg.woodbury is None else cfg.woodbury:
         if c <= 0.0:
             raise NotPositiveDefiniteError(
                 f"LowRankPlusIdentity has rank <= n = {n} < d = {d} and shift + damping = {c}: "
                 "the matrix is singular; pass damping > 0"
             )
-        info["method"] = "woodbury"
-        K = _shifted(xp, U @ U.T, c / op.scale)
-        Y = _cholesky_solve(xp, K, U @ B, "n×n capacitance matrix (c/s)·I + U Uᵀ")
-        return (B - U.T @ Y) / c
-    info["method"] = "cholesky"
-    return _cholesky_solve(xp, _shifted(xp, op.scale * (U.T @ U), c), B, "matrix A + damping·I")
+        counted.add(n)  # forming UUᵀ costs about n products with the operator
+        return _Woodbury(op, c)
+    counted.add(d)
+    U = op.factor
+    return _Cholesky(_shifted(op.scale * (U.T @ U), c), "matrix A + damping·I")
 
 
-@_exact.register
-def _(op: BlockDiagonal, B, damping, counted, cfg, info):
-    xp = op.xp
-    lams = damping_for_blocks(op, damping)
-    parts, methods = [], []
-    for blk, Bi, lam in zip(op.blocks, op.split(B), lams):
-        sub: dict = {}
-        parts.append(_exact(blk, Bi, lam, counted.wrap(blk), cfg, sub))
-        methods.append(sub)
-    info["method"] = "block-diagonal"
-    info["blocks"] = methods
-    return xp.concat(parts, axis=0)
-
-
-@_exact.register
-def _(op: MatrixFree, B, damping, counted, cfg, info):
-    cfg._check_supported(op)
+@factorize.register
+def _(op: MatrixFree, lam, counted, cfg):
     xp = op.xp
     M = counted.matmat(xp.eye(op.size, dtype=op.dtype, device=op.device))
     if not bool(xp.all(xp.isfinite(M))):
-        raise NonFiniteError("the matrix-free operator's matvec returned NaN or infinite values")
+        raise NonFiniteError("operator: the matrix-free operator's products returned NaN or infinite values")
     scale = float(xp.max(xp.abs(M)))
     asym = float(xp.max(xp.abs(M - M.T)))
     if asym > 1000 * Bk.eps(op.dtype) * max(scale, 1e-300) * op.size**0.5:
         raise NotSymmetricError(
-            f"the matrix-free operator is not symmetric: max|A - A^T| = {asym:.3g} "
+            f"operator: the matrix-free operator is not symmetric: max|A - A^T| = {asym:.3g} "
             f"(max|A| = {scale:.3g}); check its matvec"
         )
-    info["method"] = "materialized-cholesky"
-    return _cholesky_solve(xp, _shifted(xp, M, float(damping)), B, "materialized matrix A + damping·I")
+    if op._user_matmat is not None:  # matvec and matmat must describe the same matrix
+        z = random_matrix(xp, (op.size,), op.dtype, op.device, 7, kind="normal")
+        counted.add(1)
+        y = op._user_matvec(z)
+        op._check_output(y, (op.size,))
+        gap = float(xp.linalg.vector_norm(y - M @ z))
+        if not gap <= 1e3 * Bk.eps(op.dtype) * op.size**0.5 * max(float(xp.linalg.vector_norm(M @ z)), scale):
+            raise InputError(
+                f"operator: its matvec and matmat disagree (‖matvec(z) − matmat(z)‖ = {gap:.3g} for a random z)"
+            )
+    fac = _Cholesky(_shifted(M, lam), "materialized matrix A + damping·I")
+    fac.method = "materialized-cholesky"
+    return fac
+
+
+@functools.singledispatch
+def exact_cost(op) -> float | None:
+    """Flops of a direct solve of ``op`` when the automatic choice should take it, else ``None``."""
+    return None
+
+
+@exact_cost.register
+def _(op: Dense):
+    return op.size**3 / 3 if op.size <= AUTO_DENSE_MAX else None
+
+
+@exact_cost.register
+def _(op: LowRankPlusIdentity):
+    n, d = (int(v) for v in op.factor.shape)
+    m = min(n, d)
+    return n * d * m + m**3 / 3 if m <= AUTO_DENSE_MAX else None
+
+
+@exact_cost.register
+def _(op: BlockDiagonal):
+    costs = [exact_cost(b) for b in op.blocks]
+    return None if any(c is None for c in costs) else sum(costs)

@@ -3,106 +3,90 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import _backend as Bk
-from .._arrays import as_generator, random_matrix, row_sq_norms
-from ..bounds.lissa import lissa_error_bound, plan_lissa
+from .. import _checks as C
+from .._arrays import as_generator, col_norms64
+from ..bounds.lissa import plan_lissa
 from ..errors import DampingError, InputError, UnsupportedOperatorError
-from ..estimators import _lanczos
-from ..operators import BlockDiagonal, Dense, LowRankPlusIdentity, MatrixFree, Operator
+from ..operators import MatrixFree
 from ..result import Status
-from .base import Counted, Outcome, Solver, damping_for_blocks
+from .base import Outcome, Solver
+from .inverse import Inverse
+from .lissa_estimates import estimate_lambda_max, estimate_variance
 
-__all__ = ["LiSSA"]
+__all__ = ["LiSSA", "LissaInverse", "DEFAULT_MAX_MATVEC"]
+
+#: Default budget, in full-operator products per right-hand-side column (per block).
+DEFAULT_MAX_MATVEC = 2000
 
 _CONVENTION = (
     "n_matvec counts full-operator products per column; a mini-batch product with B samples and "
-    "k columns counts B*k/n (summed, rounded up), n = the operator's number of samples; estimation "
-    "products (Lanczos, variance probes, row norms) are included"
+    "k columns counts B*k/n (summed, rounded up), n = the operator's number of samples"
 )
-
-
-def _is_num(x):
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True, eq=False)
 class LiSSA(Solver):
     r"""LiSSA (stochastic Richardson iteration) with theory-derived hyperparameters.
 
-    Iterates, for all ``k`` right-hand-side columns at once (one mini-batch per step,
-    shared by the columns):
+    Iterates, for all ``k`` columns at once (one mini-batch per step, shared by the columns),
 
     .. math:: u_0 = 0,\qquad u_t = u_{t-1} - \eta\,(\tilde A_t u_{t-1} + \lambda u_{t-1} - v),
-              \qquad t = 1, \dots, T,
 
-    where ``Ã_t = op.minibatch(B, rng)`` is an independent unbiased estimate of the
-    operator from ``B`` samples drawn with replacement (``batch_size="full"``: the
-    operator itself).  Koh & Liang's ``scale``/``depth`` is ``η = 1/scale``, ``T = depth``
-    (:meth:`from_scale`).
+    with ``Ã_t = op.minibatch(B, rng)`` an independent unbiased estimate from ``B`` samples
+    drawn with replacement (``batch_size="full"``: the operator itself).  Koh & Liang's
+    ``scale``/``depth`` is ``η = 1/scale``, ``T = depth`` (:meth:`from_scale`).
 
-    **Automatic plan** (any of ``step``, ``batch_size``, ``steps`` left ``None``): estimate an
-    upper bound ``L`` on ``λ_max`` (exact from structure when that costs fewer products than
-    Lanczos, else the Lanczos upper estimate times ``safety``) and the single-sample variance
-    ``σ₁²`` (low-rank factor: ``σ₁² <= mean_i‖g_i‖⁴ − Σ_i θ_i²``, a bound, using Ritz values
-    ``θ_i``; matrix-free with a sampler: Hutchinson probes of ``tr E(Ã_B − A)²``, mean + 3
-    standard errors), then pick the cheapest ``(η, B, T, γ)`` whose THEORY.md §5 bound
+    **Plan** (setup, once per block; docs/theory.md §5): an upper estimate ``L`` of ``λ_max``
+    (exact from structure when cheap, else Lanczos with a safety factor; a user number is
+    checked with one product) and ``σ₁²`` (a structural bound for per-sample factors, else
+    Hutchinson probes), then the cheapest ``(η, B, T)`` whose bound on the relative RMS error
+    is ``<= rtol`` within ``max_matvec`` products per column (:func:`invhvp.bounds.plan_lissa`).
+    Explicit ``step``/``batch_size``/``steps`` are evaluated against the same bound.
 
-    .. math:: \frac{E\|u_T-u^*\|^2}{\|u^*\|^2} \le \rho^T + \frac{(1+1/γ)η^2σ_1^2/B}{1-ρ},
-              \quad ρ = (1-ηλ)^2 + (1+γ)η^2σ_1^2/B,\quad η \le \frac{1}{L+λ}
+    **Status** (docs/theory.md §7): SUCCESS only when ``η <= 1/(L + λ)``, the plan's bound
+    meets ``rtol`` and nothing at run time contradicts it.  ``MAX_ITER`` when the budget cannot
+    meet ``rtol`` (the needed budget is in ``info["advice"]``); ``INACCURATE`` for a step above
+    the bound, a batch below the variance threshold, or a true residual that certifies a
+    relative error above ``rtol`` (``‖x−x*‖/‖x*‖ >= ‖r‖·λ/((L+λ)‖v‖)``); ``DIVERGED`` when
+    full-batch residuals grow (impossible for a valid step), an iterate exceeds
+    ``divergence_factor·‖v‖/λ`` (above ``‖x*‖`` for a PSD operator), or the residual
+    certifies a relative error above 1; ``NONFINITE`` on NaN/inf.  The last good iterate is
+    returned, never NaN.
 
-    is at most ``rtol²`` (:func:`invhvp.bounds.plan_lissa`).  Chosen values, their inputs
-    and the predicted bound are in ``info["plan"]`` and ``info["estimates"]``.  If
-    ``max_matvec`` cannot meet ``rtol``, the best plan within the budget is run and the
-    status is ``MAX_ITER`` with the needed budget in ``info["advice"]``.
-
-    **Stopping rule**: exactly ``T`` steps (LiSSA has no computable residual).  Every
-    ``check_every`` steps the column norms are checked: non-finite values give
-    ``NONFINITE``; ``‖u_t‖ > divergence_factor·‖v‖/λ`` (impossible near the solution,
-    since ``‖u*‖ <= ‖v‖/λ`` for a PSD operator) gives ``DIVERGED``; the last finite
-    checked iterate is returned, never NaN.  :class:`~invhvp.BlockDiagonal` operators are
-    solved block by block, each with its own damping and plan.
-
-    **Cost**: ``T`` products with a ``B``-sample estimate (``O(T B d k)`` for a low-rank
-    factor) plus the estimates (about ``lanczos_steps + 1`` full products).  Matvec counting
-    convention (also in ``info["matvec_convention"]``): a batch-``B`` product with ``k``
-    columns counts ``B·k/n`` full products.
+    **Cost**: ``T`` products with a ``B``-sample estimate per solve plus the setup estimates.
 
     Parameters
     ----------
-    step : float, optional
-        ``η``.  ``None``: planned.
-    batch_size : int, "full" or None
-        ``B`` (drawn with replacement), ``"full"`` for exact products, ``None``: planned.
-        Operators without mini-batches (``Dense``; ``MatrixFree`` without ``sampler``)
-        only accept ``"full"`` or ``None`` (which then plans full-batch products).
-    steps : int, optional
-        ``T``.  ``None``: planned.
+    step, batch_size, steps : optional
+        ``η``; ``B`` (int, ``"full"``) ; ``T``.  ``None``: planned.
     rtol : float, default 0.1
-        Target relative RMS error ``sqrt(E‖u_T − u*‖²)/‖u*‖`` of the plan.
+        Target relative RMS error ``sqrt(E‖u_T − u*‖²)/‖u*‖``.
     max_matvec : float, optional
-        Budget in full-matvec equivalents (all columns), estimation included.
+        Budget in full-operator products per right-hand-side column (per block); default
+        :data:`DEFAULT_MAX_MATVEC` = 2000.
     lambda_max : "auto", "lanczos", "exact" or float
-        How to get the upper bound ``L`` on ``λ_max`` of the operator (a number is
-        taken as a known upper bound).
+        How to get ``L`` (a number is checked with one product, and replaced by an estimate
+        if a product shows it is too small).
     variance : "auto" or float
-        ``σ₁²`` (a number is taken as known), or estimated.
+        ``σ₁²``, or estimated.
     safety : float, default 1.25
-        Factor on the Lanczos estimate of ``λ_max`` (a Ritz value is a lower bound).
+        Factor on a Lanczos estimate of ``λ_max``.
     lanczos_steps, n_probes, probe_batch : int
-        Estimation effort (Lanczos steps; Hutchinson probes and their batch size for
-        matrix-free operators).
+        Estimation effort.
     rng : Generator, int or None
         Seed of the mini-batch draws and probes.
     check_every : int, default 10
-        Divergence check period (one ``k``-element host sync each time).
+        Divergence check period (a ``k``-element host sync each time).
     divergence_factor : float, default 10
-        Threshold of the divergence check.
+        Iterates above ``divergence_factor·‖v‖/λ`` count as diverged.
+    callback : callable, optional
+        ``callback(t, T)`` every ``check_every`` steps (progress).
 
     Examples
     --------
@@ -111,8 +95,8 @@ class LiSSA(Solver):
     >>> v = np.ones(20)
     >>> res = ih.solve(ih.LowRankPlusIdentity(U), v, ih.LiSSA(rng=0), damping=0.5)
     >>> x = ih.solve(ih.LowRankPlusIdentity(U), v, ih.Exact(), damping=0.5).x
-    >>> bool(np.linalg.norm(res.x - x) <= 0.1 * np.linalg.norm(x)), res.info["plan"]["meets_target"]
-    (True, True)
+    >>> bool(np.linalg.norm(res.x - x) <= 0.1 * np.linalg.norm(x)), res.status.value
+    (True, 'success')
     """
 
     step: float | None = None
@@ -129,63 +113,44 @@ class LiSSA(Solver):
     rng: Any = None
     check_every: int = 10
     divergence_factor: float = 10.0
+    callback: Any = None
     name = "lissa"
 
     @classmethod
     def from_scale(cls, scale, depth, batch_size=1, **kwargs) -> LiSSA:
         """Koh & Liang's spelling: ``η = 1/scale``, ``T = depth`` (their recursion is the same)."""
-        s = Bk.finite_scalar(scale, "scale", minimum=0.0, strict=True)
+        s = C.real(scale, "scale", minimum=0.0, strict=True)
         return cls(step=1.0 / s, steps=depth, batch_size=batch_size, **kwargs)
 
     def __post_init__(self):
-        if self.step is not None:
-            Bk.finite_scalar(self.step, "step", minimum=0.0, strict=True)
-        b = self.batch_size
-        if not (
-            b is None
-            or b == "full"
-            or (isinstance(b, (int, np.integer)) and not isinstance(b, bool) and b >= 1)
-        ):
-            raise InputError(f"batch_size: expected an int >= 1, 'full' or None, got {b!r}")
-        for name in ("steps", "lanczos_steps", "n_probes", "probe_batch", "check_every"):
-            v = getattr(self, name)
-            if v is None and name == "steps":
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise InputError(f"{name}: expected an int >= 1, got {v!r}")
-        r = Bk.finite_scalar(self.rtol, "rtol", minimum=0.0, strict=True)
-        if r >= 1.0:
-            raise InputError(f"rtol: expected a number in (0, 1), got {r}")
-        if self.max_matvec is not None:
-            Bk.finite_scalar(self.max_matvec, "max_matvec", minimum=0.0, strict=True)
-        if not (
-            self.lambda_max in ("auto", "lanczos", "exact")
-            or (_is_num(self.lambda_max) and self.lambda_max >= 0)
-        ):
-            raise InputError(
-                f"lambda_max: expected 'auto', 'lanczos', 'exact' or a number >= 0, got {self.lambda_max!r}"
-            )
-        if not (self.variance == "auto" or (_is_num(self.variance) and self.variance >= 0)):
-            raise InputError(f"variance: expected 'auto' or a number >= 0, got {self.variance!r}")
-        Bk.finite_scalar(self.safety, "safety", minimum=1.0)
-        Bk.finite_scalar(self.divergence_factor, "divergence_factor", minimum=1.0, strict=True)
-        if not isinstance(self.rng, np.random.Generator):
-            as_generator(self.rng)  # validates the seed
+        C.real(self.step, "step", minimum=0.0, strict=True, optional=True)
+        if not (self.batch_size is None or self.batch_size == "full"):
+            C.integer(self.batch_size, "batch_size", minimum=1)
+        C.integer(self.steps, "steps", minimum=1, optional=True)
+        for name in ("lanczos_steps", "n_probes", "probe_batch", "check_every"):
+            C.integer(getattr(self, name), name, minimum=2 if name == "n_probes" else 1)
+        C.real(self.rtol, "rtol", minimum=0.0, strict=True, maximum=1.0, strict_max=True)
+        C.real(self.max_matvec, "max_matvec", minimum=0.0, strict=True, optional=True)
+        if isinstance(self.lambda_max, str):
+            C.choice(self.lambda_max, "lambda_max", ("auto", "lanczos", "exact"))
+        else:
+            C.real(self.lambda_max, "lambda_max", minimum=0.0)
+        if isinstance(self.variance, str):
+            C.choice(self.variance, "variance", ("auto",))
+        else:
+            C.real(self.variance, "variance", minimum=0.0)
+        C.real(self.safety, "safety", minimum=1.0)
+        C.real(self.divergence_factor, "divergence_factor", minimum=1.0, strict=True)
+        if self.callback is not None and not callable(self.callback):
+            raise InputError(f"callback: expected a callable or None, got {type(self.callback).__name__}")
+        as_generator(self.rng)  # validates the seed
 
     @property
-    def _explicit(self) -> bool:
+    def explicit(self) -> bool:
         return self.step is not None and self.batch_size is not None and self.steps is not None
 
-    # ------------------------------------------------------------------ support
-    def _check_supported(self, op: Operator) -> None:
-        if isinstance(op, BlockDiagonal):
-            for i, b in enumerate(op.blocks):
-                try:
-                    self._check_supported(b)
-                except UnsupportedOperatorError as exc:
-                    raise UnsupportedOperatorError(f"blocks[{i}]: {exc}") from None
-            return
-        if isinstance(self.batch_size, (int, np.integer)) and not getattr(op, "supports_minibatch", False):
+    def check_supported(self, op) -> None:
+        if self.batch_size not in (None, "full") and not op.supports_minibatch:
             hint = (
                 "pass MatrixFree(..., sampler=...) for mini-batch products"
                 if isinstance(op, MatrixFree)
@@ -195,277 +160,154 @@ class LiSSA(Solver):
                 f"LiSSA(batch_size={self.batch_size}) needs mini-batch estimates of {type(op).__name__}: "
                 f"{hint}; or use batch_size='full' (exact products), or invhvp.CG()"
             )
-        if not self._explicit and not op.psd:
+        if not op.psd:
             raise UnsupportedOperatorError(
-                f"LiSSA's automatic plan needs a positive semidefinite operator ({type(op).__name__} has "
-                "psd=False); pass step, batch_size and steps explicitly, or use invhvp.CG()"
-            )
-        if (
-            self.max_matvec is not None
-            and self.batch_size != "full"
-            and getattr(op, "supports_minibatch", False)
-            and getattr(op, "n_samples", None) is None
-        ):
-            raise UnsupportedOperatorError(
-                "LiSSA(max_matvec=...) with mini-batches needs the number of samples to price a batch: "
-                "pass MatrixFree(..., n_samples=n)"
+                f"LiSSA needs a positive semidefinite operator ({type(op).__name__} has psd=False): its step "
+                "rule and bound assume it; use invhvp.CG() for an indefinite operator"
             )
 
-    # -------------------------------------------------------------------- solve
-    def _run(self, counted: Counted, B, damping) -> Outcome:
-        return self._dispatch(counted, B, damping, as_generator(self.rng))
+    def _per_block(self, op, rng=None):
+        gen = as_generator(self.rng) if rng is None else rng
+        return [(self, np.random.default_rng(gen.integers(0, 2**63))) for _ in op.blocks]
 
-    def _dispatch(self, counted: Counted, B, damping, gen) -> Outcome:
-        op = counted.op
-        if isinstance(op, BlockDiagonal):
-            lams = damping_for_blocks(op, damping)
-            xs, infos, statuses, iters = [], [], [], []
-            for blk, Bi, lam in zip(op.blocks, op.split(B), lams):
-                sub = np.random.default_rng(gen.integers(0, 2**63))
-                out = self._dispatch(counted.wrap(blk), Bi, float(lam), sub)
-                xs.append(out.x)
-                infos.append(out.info)
-                statuses.append(out.status)
-                iters.append(out.n_iter)
-            status = next((s for s in _SEVERITY if s in statuses), Status.SUCCESS)
-            info = {"method": "lissa-block-diagonal", "blocks": infos, "matvec_convention": _CONVENTION}
-            advice = [f"block {i}: {d['advice']}" for i, d in enumerate(infos) if "advice" in d]
-            if advice:
-                info["advice"] = "; ".join(advice)
-            return Outcome(x=op.xp.concat(xs, axis=0), status=status, n_iter=max(iters), info=info)
-        return self._single(counted, B, float(damping), gen)
+    def _factor(self, counted, damping, rng=None):
+        self.check_supported(counted.op)
+        gen = as_generator(self.rng) if rng is None else rng
+        return LissaInverse(self, counted, float(damping), gen)
 
-    def _single(self, counted: Counted, V, lam: float, gen) -> Outcome:
+
+class LissaInverse(Inverse):
+    """LiSSA with its estimates and plan made once; each solve runs ``T`` steps."""
+
+    kind = "iterative"
+
+    def __init__(self, solver: LiSSA, counted, lam: float, gen):
+        super().__init__(solver, counted, lam, {"method": "lissa", "matvec_convention": _CONVENTION})
         op = counted.op
-        d, k = V.shape
-        shift = op.shift if isinstance(op, LowRankPlusIdentity) else 0.0
-        lam_eff = lam + shift
-        can_mb = bool(getattr(op, "supports_minibatch", False))
-        n = getattr(op, "n_samples", None)
-        info: dict = {"method": "lissa", "matvec_convention": _CONVENTION, "rtol": self.rtol}
-        spent = _Spent(counted, n)
-        bs = self.batch_size
-        if bs is None and not can_mb:
+        self.gen = gen
+        self.lam_eff = lam + (op.eig_lower() or 0.0)
+        if not self.lam_eff > 0.0:
+            raise DampingError("damping: LiSSA needs damping > 0 (its step rule and bound need λ > 0)")
+        bs = solver.batch_size
+        if bs is None and not op.supports_minibatch:
             bs = "full"
-            info["batch_note"] = f"{type(op).__name__} has no mini-batch sampler: full-batch products"
-        if isinstance(bs, (int, np.integer)) and n is not None and bs >= n:
-            info["batch_note"] = f"batch_size {bs} >= n = {n}: with-replacement sampling kept as asked"
+            self.info["batch_note"] = f"{type(op).__name__} has no mini-batch sampler: full-batch products"
+        n = op.n_samples
+        est = estimate_lambda_max(solver, counted, gen)
+        if bs != "full":
+            est.update(estimate_variance(solver, counted, gen, est))
+        self.L = est["lambda_max_upper"]
+        budget_mv = float(DEFAULT_MAX_MATVEC if solver.max_matvec is None else solver.max_matvec)
+        unit = n if n is not None else 1
+        p = plan_lissa(
+            self.L,
+            self.lam_eff,
+            est.get("sigma1_sq", 0.0),
+            solver.rtol,
+            n_samples=unit if (n is not None or bs == "full") else None,
+            budget=budget_mv * unit,
+            step=solver.step,
+            batch_size=bs,
+            steps=solver.steps,
+        )
+        self.plan = p.as_dict()
+        self.info.update(estimates=est, plan=self.plan, mode="explicit" if solver.explicit else "automatic")
+        self.info["max_matvec"] = budget_mv
+        if "lambda_max_user_rejected" in est:
+            self.info["lambda_max_note"] = est["lambda_max_user_rejected"]
+        self._set_setup_status(p, budget_mv, unit, bs)
 
-        if self._explicit and not (_is_num(self.lambda_max) and (bs == "full" or _is_num(self.variance))):
-            plan = {
-                "step": float(self.step),
-                "batch_size": None if bs == "full" else int(bs),
-                "steps": int(self.steps),
-            }
-            plan["predicted_error"] = None
-            info["mode"] = "explicit"
-            info["plan"] = plan
-            meets = True
-        else:
-            if lam_eff <= 0.0:
-                raise DampingError(
-                    "damping: LiSSA's automatic plan needs damping > 0 (the bound needs λ > 0)"
+    def _set_setup_status(self, p, budget_mv, unit, bs):
+        eta_max = 1.0 / (self.L + self.lam_eff)
+        if p.step > eta_max * (1 + 1e-12):
+            self.setup_status = Status.INACCURATE
+            self.info["advice"] = (
+                f"step η={p.step:.3g} exceeds 1/(λ_max+λ)={eta_max:.3g} (λ_max estimate {self.L:.3g}): "
+                "no error bound applies and the iteration may diverge; leave step unset for a planned one"
+            )
+        elif not p.meets_target:
+            need = p.cost_to_meet_target
+            if need is None:
+                self.setup_status = Status.INACCURATE
+                self.info["advice"] = (
+                    f"the fixed hyperparameters cannot meet rtol={self.solver.rtol} (batch size "
+                    f"{bs} below the variance threshold ησ₁²/(λ(2−ηλ)), docs/theory.md §5); "
+                    f"predicted relative error bound {p.predicted_error:.3g}"
                 )
-            est = self._estimate(counted, op, gen, shift, need_var=(bs != "full"), n=n)
-            info["estimates"] = est
-            budget = None
-            if self.max_matvec is not None:
-                left = float(self.max_matvec) - counted.n
-                budget = max(left, 0.0) * (n if n is not None else 1.0) / k
-            p = plan_lissa(
-                max(est["lambda_max_upper"] - shift, 0.0),
-                lam_eff,
-                est.get("sigma1_sq", 0.0),
-                self.rtol,
-                n_samples=n if n is not None else (1 if bs == "full" else None),
-                budget=budget,
-                step=self.step,
-                batch_size=bs,
-                steps=self.steps,
-                allow_full_batch=True,
-            )
-            plan = p.as_dict()
-            info["mode"] = "explicit" if self._explicit else "automatic"
-            info["plan"] = plan
-            meets = p.meets_target
-            if not meets:
-                need = p.cost_to_meet_target
-                info["advice"] = (
-                    f"the plan cannot meet rtol={self.rtol} "
-                    + (
-                        f"within max_matvec={self.max_matvec}; about "
-                        f"{math.ceil(need * k / (n or 1) + counted.n)} matvecs are needed"
-                        if need is not None and budget is not None
-                        else "with the fixed hyperparameters (step above 1/(λ_max+λ) or batch below the threshold)"
-                    )
-                    + f"; predicted relative error bound {p.predicted_error:.3g}"
+            else:
+                self.setup_status = Status.MAX_ITER
+                self.info["advice"] = (
+                    f"the plan cannot meet rtol={self.solver.rtol} within max_matvec={budget_mv:g} per column; "
+                    f"about {math.ceil(need / unit)} matvecs per column are needed (predicted relative error "
+                    f"bound {p.predicted_error:.3g}); raise max_matvec, add damping, or use invhvp.CG()"
                 )
-        eta, T = plan["step"], plan["steps"]
-        Bsz = plan["batch_size"]
-        x, status, t_done, diag = self._iterate(counted, spent, V, lam, eta, Bsz, T, lam_eff, gen)
-        spent.flush()
-        info.update(diag)
-        info["n_sample_products"] = spent.samples_total
-        if status is Status.SUCCESS and not meets:
-            status = Status.MAX_ITER if self.max_matvec is not None else Status.SUCCESS
-        if status in (Status.DIVERGED, Status.NONFINITE):
-            info["advice"] = (
-                f"LiSSA {status.value} at step {t_done}: the step η={eta:.3g} must be <= 1/(λ_max+λ) and the batch "
-                f"size {Bsz if Bsz is not None else 'full'} above the variance threshold ησ₁²/(λ(2−ηλ)) "
-                "(THEORY.md §5); leave step/batch_size/steps unset for an automatic plan, or use invhvp.CG()"
-            )
-        return Outcome(x=x, status=status, n_iter=t_done, info=info)
 
-    # ------------------------------------------------------------- estimation
-    def _estimate(self, counted, op, gen, shift, need_var, n):
-        est: dict = {}
-        ritz = None
-        m_small = min(op.factor.shape) if isinstance(op, LowRankPlusIdentity) else op.size
-        structured = isinstance(op, (Dense, LowRankPlusIdentity))
-        if _is_num(self.lambda_max):
-            est["lambda_max_upper"] = float(self.lambda_max)
-            est["lambda_max_source"] = "user (taken as an upper bound)"
-        elif structured and (
-            self.lambda_max == "exact" or (self.lambda_max == "auto" and m_small <= self.lanczos_steps)
-        ):
-            ev = _small_spectrum(op)
-            counted.counter.n += m_small  # forming the small Gram/eigenproblem ≈ min(n, d) products
-            ritz = ev
-            top = float(ev[-1]) + shift
-            est["lambda_max_upper"] = top * (1 + 10 * m_small * Bk.eps(op.dtype))
-            est["lambda_max_source"] = "exact eigenvalues of the small side (a bound up to rounding)"
-        elif self.lambda_max == "exact":
-            raise UnsupportedOperatorError(
-                f"lambda_max='exact' needs Dense or LowRankPlusIdentity, got {type(op).__name__}"
-            )
-        else:
-            e, ev = _lanczos(op, self.lanczos_steps, gen, counted.counter)
-            ritz = np.maximum(ev - shift, 0.0)
-            est["lambda_max_ritz"] = e.value
-            est["lambda_max_residual_upper"] = e.upper
-            est["lambda_max_upper"] = max(e.upper, e.value * self.safety) if not e.upper_is_bound else e.upper
-            est["lambda_max_source"] = (
-                f"Lanczos ({e.n_matvec} matvecs): Ritz value is a lower bound; used max(Ritz+residual, "
-                f"{self.safety}×Ritz) as an estimated upper bound"
-            )
-        if not need_var:
-            return est
-        if _is_num(self.variance):
-            est["sigma1_sq"] = float(self.variance)
-            est["sigma1_sq_source"] = "user"
-        elif isinstance(op, LowRankPlusIdentity):
-            xp = op.xp
-            sn = op.scale * op.n_rows
-            r = sn * row_sq_norms(op.factor)  # ‖g_i‖², one fused pass over U (no n×d temporary)
-            counted.counter.n += 1
-            m4 = float(xp.mean(r * r))
-            tr_h2_low = float(np.sum(np.square(ritz))) if ritz is not None else 0.0
-            est["sigma1_sq"] = max(m4 - tr_h2_low, 0.0)
-            est["sigma1_sq_source"] = "bound mean_i ||g_i||^4 - sum_i ritz_i^2 (>= ||E Delta^2||_2)"
-            est["mean_grad_norm4"] = m4
-        elif isinstance(op, MatrixFree) and op.supports_minibatch:
-            est.update(self._probe_variance(counted, op, gen, n))
-        else:  # pragma: no cover - guarded by need_var
-            est["sigma1_sq"] = 0.0
-        return est
-
-    def _probe_variance(self, counted, op, gen, n):
-        xp = op.xp
-        B0 = int(self.probe_batch)
-        vals = []
-        for _ in range(self.n_probes):
-            z = random_matrix(xp, (op.size, 1), op.dtype, op.device, gen)
-            ya = op.minibatch(B0, gen)._matmat(z)
-            yb = op.minibatch(B0, gen)._matmat(z)
-            vals.append(0.5 * (xp.sum(ya * ya) + xp.sum(yb * yb)) - xp.sum(ya * yb))
-        counted.counter.n += math.ceil(2 * self.n_probes * (B0 / n if n else 1.0))
-        D = np.asarray([float(v) for v in vals])
-        mean, se = float(D.mean()), float(D.std(ddof=1) / math.sqrt(D.size))
-        return {
-            "sigma1_sq": max(B0 * (mean + 3 * se), 0.0),
-            "sigma1_sq_source": f"Hutchinson, {self.n_probes} probes of tr E(Ã_B-A)^2 with B={B0}: B(mean+3·stderr)",
-            "sigma1_sq_mean": B0 * mean,
-        }
-
-    # -------------------------------------------------------------- iteration
-    def _iterate(self, counted, spent, V, lam, eta, Bsz, T, lam_eff, gen):
-        op = counted.op
-        xp = op.xp
-        d, k = V.shape
-        U = xp.zeros((d, k), dtype=V.dtype, device=Bk.device_of(V))
-        vnorm = _host(xp.linalg.vector_norm(V, axis=0))
-        limit = self.divergence_factor * vnorm / lam_eff if (op.psd and lam_eff > 0) else None
-        good, t_good = U, 0
-        first = None
-        status = Status.SUCCESS
+    # ----------------------------------------------------------------- iteration
+    def _apply(self, V):
+        s, op, xp = self.solver, self.operator, self.operator.xp
+        plan = self.plan
+        eta, T, Bsz = plan["step"], plan["steps"], plan["batch_size"]
+        lam, k = float(self.damping), int(V.shape[1])
+        n = op.n_samples
+        vnorm = col_norms64(V)
+        limit = s.divergence_factor * vnorm / self.lam_eff
+        U = xp.zeros(V.shape, dtype=V.dtype, device=Bk.device_of(V))
+        good, t_good, status, best_r, samples = U, 0, Status.SUCCESS, None, 0
         t = 0
         for t in range(1, T + 1):
             if t == 1:
                 AU = xp.zeros_like(U)  # u_0 = 0: no product needed
             elif Bsz is None:
-                AU = counted.matmat(U)
+                AU = self._counted.matmat(U)
             else:
-                AU = op.minibatch(Bsz, gen)._matmat(U)
-                spent.add(Bsz, k)
-            U = U - eta * (AU + lam * U - V)
-            if t % self.check_every == 0 or t == T:
-                nrm = _host(xp.linalg.vector_norm(U, axis=0))
-                if not np.all(np.isfinite(nrm)):
-                    status = Status.NONFINITE
-                    break
-                if first is None:
-                    first = np.maximum(nrm, 1e-300)
-                ref = limit if limit is not None else 1e3 * first
-                if np.any(nrm > ref):
+                AU = op.minibatch(Bsz, self.gen)._matmat(U)
+                samples += Bsz * k
+            G = AU + lam * U - V  # = −(stochastic) residual
+            U = U - eta * G
+            if t % s.check_every and t != T:
+                continue
+            nrm = col_norms64(U)
+            if not np.all(np.isfinite(nrm)):
+                status = Status.NONFINITE
+                break
+            if np.any(nrm > limit):
+                status = Status.DIVERGED
+                break
+            if Bsz is None and t > 1:  # full batch: ‖r_t‖ never grows for η <= 2/(λ_max+λ)
+                rn = col_norms64(G)
+                if best_r is not None and np.any(rn > 2.0 * best_r):
                     status = Status.DIVERGED
                     break
-                good, t_good = U, t
-        diag = {"steps_run": t}
+                best_r = rn if best_r is None else np.minimum(best_r, rn)
+            good, t_good = U, t
+            if s.callback is not None:
+                s.callback(t, T)
+        if samples:
+            self._counted.add(math.ceil(samples / n - 1e-9) if n else samples // max(Bsz, 1))
+        info = {"steps_run": t, "n_sample_products": samples}
         if status is not Status.SUCCESS:
-            diag["returned_iterate_step"] = t_good
-        return good, status, t, diag
+            info["returned_iterate_step"] = t_good
+            info["advice"] = (
+                f"LiSSA {status.value} at step {t}: the step η={eta:.3g} must be <= 1/(λ_max+λ) and the batch "
+                f"size {Bsz if Bsz is not None else 'full'} above the variance threshold (docs/theory.md §5); "
+                "leave step/batch_size/steps unset for a planned run, or use invhvp.CG()"
+            )
+        return Outcome(x=good, status=Status.worst([status, self.setup_status]), n_iter=t, info=info)
 
-
-_SEVERITY = (Status.NONFINITE, Status.DIVERGED, Status.MAX_ITER)
-
-
-class _Spent:
-    """Accumulates per-sample products and adds ``ceil(samples / n)`` to the counter."""
-
-    def __init__(self, counted, n):
-        self.counted, self.n = counted, n
-        self.samples_total = 0
-        self._pending = 0.0
-
-    def add(self, batch, k):
-        self.samples_total += int(batch) * int(k)
-        # without n, a mini-batch product counts as a full one (conservative)
-        self._pending += int(batch) * int(k) / self.n if self.n else int(k)
-
-    def flush(self):
-        if self._pending:
-            self.counted.counter.n += math.ceil(self._pending - 1e-9)
-            self._pending = 0.0
-
-
-def _small_spectrum(op):
-    """Eigenvalues (ascending) of the non-shifted part from its small side, on the operator's device.
-
-    Returns a float64 host array only of ``min(n, d)`` eigenvalues (never a matrix).
-    """
-    xp = op.xp
-    if isinstance(op, Dense):
-        M = op.matrix
-    else:
-        U = op.factor
-        n, d = U.shape
-        M = op.scale * (U @ U.T if n <= d else U.T @ U)
-    return _host(xp.linalg.eigvalsh(M))
-
-
-def _host(a) -> np.ndarray:
-    return Bk.to_host(a, np.float64)  # k column norms or min(n, d) eigenvalues
-
-
-# re-exported for the docs
-lissa_error_bound = lissa_error_bound
+    def _verify(self, out, chk):
+        # ‖x − x*‖ >= ‖r‖/(L+λ) and ‖x*‖ <= ‖v‖/λ: a certified lower bound on the relative error
+        lower = chk.r * self.lam_eff / ((self.L + self.lam_eff) * np.maximum(chk.b, 1e-300))
+        info = {"relative_error_lower_bound": lower, "predicted_error": self.plan["predicted_error"]}
+        if np.any(lower > 1.0):
+            info["advice"] = (
+                f"the true residual certifies a relative error >= {float(np.max(lower)):.3g}: LiSSA diverged "
+                "(check step and batch size, docs/theory.md §5)"
+            )
+            return Status.DIVERGED, info
+        if np.any(lower > self.solver.rtol):
+            info["advice"] = (
+                f"the true residual certifies a relative error >= {float(np.max(lower)):.3g} > rtol="
+                f"{self.solver.rtol}: the estimates behind the plan were wrong"
+            )
+            return Status.INACCURATE, info
+        return Status.SUCCESS, info
