@@ -22,7 +22,7 @@ from __future__ import annotations
 from . import _backend as Bk
 from . import _checks as C
 from .damping import DEFAULT_FACTOR, default_damping
-from .errors import InputError, ShapeError
+from .errors import InputError, NonFiniteError, ShapeError
 from .operators import BlockDiagonal, LowRankPlusIdentity
 from .solvers.api import inverse
 from .solvers.base import Solver
@@ -85,7 +85,13 @@ def gradient_inverse(train_grads, solver=None, *, damping=None, damping_factor=D
     C.choice(on_failure, "on_failure", FAILURE_POLICIES)
     if solver is not None and not isinstance(solver, Solver):
         raise InputError(f"solver: expected an invhvp solver instance such as invhvp.DataInf(), got {solver!r}")
-    ops = [LowRankPlusIdentity(g) for g in train]  # checks finiteness of each block
+    ops = []
+    for i, g in enumerate(train):
+        try:
+            ops.append(LowRankPlusIdentity(g))  # checks finiteness
+        except NonFiniteError as exc:
+            name = "train_grads" if len(train) == 1 and not isinstance(train_grads, (list, tuple)) else f"train_grads[{i}]"
+            raise NonFiniteError(str(exc).replace("factor", name, 1)) from None
     op = ops[0] if len(ops) == 1 else BlockDiagonal(ops)
     if damping is None:
         lams = default_damping(op, f)

@@ -231,7 +231,8 @@ def test_influence_equals_influence_from_hand_built_gradients(solver):
     torch.testing.assert_close(
         res.self_influence, ih.self_influence(Ub, solver, damping=lams), rtol=1e-8, atol=1e-10
     )
-    assert res.values.shape == (3, 9) and res.damping == tuple(lams)
+    assert res.values.shape == (3, 9) and res.damping == pytest.approx(tuple(lams), rel=1e-12)
+    assert res.solver == solver and res.info["status"] == "success" and res.info["reports"]
 
 
 def test_influence_sign_and_top_k_by_hand():

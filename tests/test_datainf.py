@@ -69,8 +69,8 @@ def test_block_diagonal_per_block_damping():
     res = ih.solve(op, B, ih.DataInf(certify=True), damping=[0.2, 1.5])
     np.testing.assert_allclose(res.x[:4], sample_loop_reference(U1, B[:4], 0.2), rtol=1e-10)
     np.testing.assert_allclose(res.x[4:], sample_loop_reference(U2, B[4:], 1.5), rtol=1e-10)
-    assert res.info["damping_total"] == (0.2, 1.5)
-    assert len(res.info["certificates"]) == 2
+    assert [b["damping_total"] for b in res.info["blocks"]] == [0.2, 1.5]
+    assert all("certificates" in b for b in res.info["blocks"])
     # the reported approximation bound holds against the exact solution
     exact = ih.solve(op, B, ih.Exact(), damping=[0.2, 1.5]).x
     err = np.linalg.norm(res.x - exact, axis=0)
@@ -143,7 +143,7 @@ def test_damping_errors_and_bad_config():
     with pytest.raises(DampingError, match="shift \\+ damping > 0"):
         ih.solve(op, np.ones(3), ih.DataInf(), damping=0.0)
     blk = ih.BlockDiagonal([op, op])
-    with pytest.raises(DampingError, match="block 1"):
+    with pytest.raises(DampingError, match=r"blocks\[1\]"):
         ih.solve(blk, np.ones(6), ih.DataInf(), damping=[1.0, 0.0])
     with pytest.raises(DampingError):
         ih.solve(op, np.ones(3), ih.DataInf(), damping=-1.0)
@@ -158,7 +158,7 @@ def test_certificates_in_info():
     U = rand(rng, 10, 6)
     cheap = ih.solve(ih.LowRankPlusIdentity(U), np.ones(6), ih.DataInf(), damping=0.5).info
     full = ih.solve(ih.LowRankPlusIdentity(U), np.ones(6), ih.DataInf(certify=True), damping=0.5).info
-    c0, c1 = cheap["certificates"][0], full["certificates"][0]
+    c0, c1 = cheap["certificates"], full["certificates"]
     assert c0["true_error"] is None and c0["lambda_max_method"].startswith("trace")
     assert c1["lambda_max_method"].startswith("gram")
     assert (
@@ -192,7 +192,7 @@ def test_default_damping_rule():
     assert ih.default_damping(ih.Dense(np.diag([1.0, 3.0])), factor=1.0) == pytest.approx(2.0)
     # usable as per-block damping
     res = ih.solve(blk, np.ones(13), ih.DataInf(), damping=lam)
-    assert res.info["damping_total"] == pytest.approx((lam[0] + 3.0, lam[1]))
+    assert [b["damping_total"] for b in res.info["blocks"]] == pytest.approx([lam[0] + 3.0, lam[1]])
     with pytest.raises(InputError, match="factor"):
         ih.default_damping(op1, factor=0.0)
     with pytest.raises(InputError, match="op"):

@@ -112,7 +112,7 @@ def test_bad_block_damping():
         ih.solve(op, np.ones(5), damping=[0.1, -0.2])
     with pytest.raises(DampingError, match="damping: block 0"):
         ih.solve(op, np.ones(5), damping=[float("nan"), 0.2])
-    with pytest.raises(DampingError, match="damping.*BlockDiagonal"):
+    with pytest.raises(DampingError, match="damping.*block-diagonal"):
         ih.solve(_A(), np.ones(4), damping=[0.1])
     with pytest.raises(DampingError, match="damping"):
         ih.solve(op, np.ones(5), damping="ab")
@@ -320,7 +320,7 @@ def test_nan_from_matrix_free_is_never_silent(lib):
     assert ei.value.result.status is Status.NONFINITE
     res = ih.solve(op, b, ih.CG(), damping=0.1, on_failure="ignore")
     assert res.status is Status.NONFINITE
-    with pytest.raises(NonFiniteError, match="matvec returned NaN"):
+    with pytest.raises(NonFiniteError, match="returned NaN"):
         ih.solve(op, b, ih.Exact(), damping=0.1)
     with pytest.raises(ConvergenceError):
         ih.solve(op, b, damping=0.1)  # automatic choice: CG

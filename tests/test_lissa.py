@@ -114,7 +114,7 @@ def test_mean_squared_error_below_theory_bound(seed, d, decay, tail, lam, frac, 
         res = ih.solve(
             op, V, ih.LiSSA(step=eta, batch_size=batch, steps=T, rng=r), damping=lam, on_failure="ignore"
         )
-        if not res.ok:
+        if res.status in (ih.Status.DIVERGED, ih.Status.NONFINITE):
             errs2.append(math.inf)
             continue
         errs2.append(np.sum((res.x[:, 0] - xs) ** 2) / np.sum(xs**2))
@@ -173,9 +173,9 @@ def test_automatic_plan_reaches_rtol_on_held_out_problems(backend, dtype, seed):
     assert plan["batch_size"] is not None and plan["batch_size"] < n
     assert est["lambda_max_upper"] >= np.linalg.eigvalsh(U.T @ U / n)[-1]
     assert est["sigma1_sq"] >= sigma1_sq(U) * (1 - 1e-6)  # a bound on the true variance
-    # counting: estimation + ceil(sum of B*k/n) over the steps
-    est_mv = res.n_matvec - math.ceil((plan["steps"] - 1) * plan["batch_size"] * 2 / n - 1e-9)
-    assert est_mv == 9  # d = 8 <= lanczos_steps: exact small spectrum (8) + row norms (1)
+    # counting: ceil(sum of B*k/n) over the steps; the estimates are setup work
+    assert res.n_matvec == math.ceil((plan["steps"] - 1) * plan["batch_size"] * 2 / n - 1e-9)
+    assert res.info["setup_matvec"] == 9  # d = 8 <= lanczos_steps: exact small spectrum (8) + row norms (1)
 
 
 def test_automatic_plan_on_digits_ten_seeds():
@@ -186,7 +186,7 @@ def test_automatic_plan_on_digits_ten_seeds():
     op = ih.LowRankPlusIdentity(U)
     xs = ih.solve(op, v, ih.Exact(), damping=lam).x
     for s in range(10):
-        res = ih.solve(op, v, ih.LiSSA(rng=s), damping=lam)
+        res = ih.solve(op, v, ih.LiSSA(rng=s, max_matvec=10_000), damping=lam)  # the plan needs ~5500
         assert np.linalg.norm(res.x - xs) <= 0.1 * np.linalg.norm(xs), s
         assert res.info["plan"]["predicted_error"] <= 0.1
 
@@ -238,17 +238,20 @@ def test_multiple_rhs_equal_single_columns_with_shared_batches():
     op = ih.LowRankPlusIdentity(U)
     V = np.stack([v, 2 * v + 1], axis=1)
     cfg = ih.LiSSA(step=0.3, batch_size=8, steps=50, rng=11)
-    X = ih.solve(op, V, cfg, damping=0.5).x
+    X = ih.solve(op, V, cfg, damping=0.5, on_failure="ignore").x  # too few steps for rtol: not the point
     for j in range(2):
-        xj = ih.solve(op, V[:, j], cfg, damping=0.5).x
+        xj = ih.solve(op, V[:, j], cfg, damping=0.5, on_failure="ignore").x
         np.testing.assert_allclose(X[:, j], xj, rtol=1e-10, atol=1e-12)
 
 
 def test_from_scale_is_step_one_over_scale_and_counts_minibatch_products():
     U, v = gram_problem(10, 100, 6)
     op = ih.LowRankPlusIdentity(U)
-    a = ih.solve(op, np.stack([v, v], 1), ih.LiSSA.from_scale(4.0, 50, 10, rng=3), damping=0.1)
-    b = ih.solve(op, np.stack([v, v], 1), ih.LiSSA(step=0.25, steps=50, batch_size=10, rng=3), damping=0.1)
+    a = ih.solve(op, np.stack([v, v], 1), ih.LiSSA.from_scale(4.0, 50, 10, rng=3), damping=0.1, on_failure="ignore")
+    b = ih.solve(
+        op, np.stack([v, v], 1), ih.LiSSA(step=0.25, steps=50, batch_size=10, rng=3), damping=0.1, on_failure="ignore"
+    )
+    assert a.status is not ih.Status.SUCCESS  # batch 10 is below the variance threshold: reported
     np.testing.assert_array_equal(a.x, b.x)
     # 49 products with B=10 samples and k=2 columns, n=100: ceil(49*10*2/100) = 10
     assert a.n_matvec == 10 and a.info["n_sample_products"] == 980

@@ -84,13 +84,15 @@ def test_cg_a_posteriori_bound(spec, damping, rtol):
     xstar = np.linalg.solve(Ad, B)
     r = np.linalg.norm(B - Ad @ res.x, axis=0)
     err = np.linalg.norm(res.x - xstar, axis=0)
-    # ‖x − x*‖ = ‖(A+λI)⁻¹ r‖ <= ‖r‖/λ; the slack covers the rounding of x* itself
     kappa = (ev[-1] + damping) / damping
-    slack = 10 * d * kappa * EPS64 * np.linalg.norm(xstar, axis=0)
-    assert np.all(err <= r / damping + slack)
-    np.testing.assert_allclose(res.info["error_bound"], res.residual_norm / damping)
+    # the reported bound is (‖r‖ + δ)/λ with the rounding allowance δ > 0, and it holds
+    bound = res.info["error_bound"]
+    assert np.all(bound > res.residual_norm / damping) and np.all(bound >= err - 10 * d * kappa * EPS64)
+    # SUCCESS is a claim about the true residual (not the recursive one)
     if res.ok:
-        assert np.all(res.residual_norm <= 1.01 * rtol * np.linalg.norm(B, axis=0) + 1e-12 * kappa)
+        assert np.all(r <= rtol * np.linalg.norm(B, axis=0) * (1 + 1e-10) + 10 * d * EPS64 * kappa)
+    else:
+        assert res.status is ih.Status.MAX_ITER
 
 
 @given(

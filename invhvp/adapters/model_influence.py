@@ -35,12 +35,14 @@ class ModelInfluence:
     train_gradients, test_gradients : BlockGradients
         The per-sample gradients used (pass them back to :func:`influence` to try another solver
         without recomputing).
-    solver : invhvp.Solver or None
-        The solver used (``None`` = automatic choice: exact when cheap).
+    solver : invhvp.Solver
+        The solver that ran (the automatic choice is resolved; ``info["auto"]`` says why).
     damping : tuple of float
         ``λ_l`` per block.
     info : dict
-        Timings in seconds (``gradients_s``, ``solve_s``).
+        Timings in seconds per phase (``gradients_s``, ``setup_s`` for the inverse's one-time work,
+        ``solve_s``, ``self_influence_s``), ``method``, the worst ``status`` and ``reports``: one
+        :class:`~invhvp.SolveResult` (``x=None``) per solve, or per block for a closed form.
     """
 
     values: torch.Tensor
@@ -164,6 +166,7 @@ def influence(
     (torch.Size([3, 10]), torch.Size([3, 2]))
     """
     from .. import influence as _inf
+    from ..result import Status
 
     kw = dict(params=params, blocks=blocks, chunk_size=chunk_size, dtype=dtype, progress=progress)
     g_train, t_train = _gradients(train_data, "train_data", model, loss_fn, kw)
@@ -172,19 +175,29 @@ def influence(
         raise InputError(
             f"test_data: its gradient blocks {g_test.sizes} differ from train_data's {g_train.sizes}"
         )
-    # the same validation (typed DampingError naming the argument) and default rule as influence_matrix
-    lams = _inf._damping(list(g_train.blocks), damping, damping_factor, solver)
     t0 = time.perf_counter()
-    values = _inf.influence_matrix(
-        list(g_train.blocks), list(g_test.blocks), solver, damping=lams, on_failure=on_failure
+    inv = _inf.gradient_inverse(
+        list(g_train.blocks), solver, damping=damping, damping_factor=damping_factor, on_failure=on_failure
     )
+    t_setup = time.perf_counter() - t0
+    reports: list = []
+    t0 = time.perf_counter()
+    values, rep = _inf.influence_matrix(
+        list(g_train.blocks), list(g_test.blocks), inverse=inv, on_failure=on_failure, return_results=True
+    )
+    reports.extend(rep)
     t_solve = time.perf_counter() - t0
     si = None
+    info = {"gradients_s": t_train + t_test, "train_gradients_s": t_train, "setup_s": t_setup, "solve_s": t_solve}
     if self_influence:
         t0 = time.perf_counter()
-        si = _inf.self_influence(list(g_train.blocks), solver, damping=lams, on_failure=on_failure)
-        t_self = time.perf_counter() - t0
-    info = {"gradients_s": t_train + t_test, "train_gradients_s": t_train, "solve_s": t_solve}
-    if self_influence:
-        info["self_influence_s"] = t_self
-    return ModelInfluence(values, si, g_train, g_test, solver, lams, info)
+        si, rep = _inf.self_influence(list(g_train.blocks), inverse=inv, on_failure=on_failure, return_results=True)
+        reports.extend(rep)
+        info["self_influence_s"] = time.perf_counter() - t0
+    lams = inv.damping if isinstance(inv.damping, tuple) else (inv.damping,)
+    info["method"] = inv.info.get("method")
+    if "auto" in inv.info:
+        info["auto"] = inv.info["auto"]
+    info["status"] = Status.worst(r.status for r in reports).value
+    info["reports"] = reports
+    return ModelInfluence(values, si, g_train, g_test, inv.solver, lams, info)

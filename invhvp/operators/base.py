@@ -114,7 +114,14 @@ class Operator(abc.ABC):
     # ------------------------------------------------------------ structure protocol
     def trace(self) -> float:
         """``tr A`` from structure (no products); UnsupportedOperatorError when unknown."""
-        return float(self._xp.sum(self.diagonal()))
+        try:
+            diag = self.diagonal()
+        except UnsupportedOperatorError:
+            raise UnsupportedOperatorError(
+                f"{type(self).__name__} does not know its trace: pass `diagonal=` when constructing it, "
+                "estimate it with invhvp.trace(op, method='hutchpp'), or give damping explicitly"
+            ) from None
+        return float(self._xp.sum(diag))
 
     def spectrum(self, max_dim: int = 8192) -> Spectrum:
         """All eigenvalues from structure, when the eigenproblem is at most ``max_dim`` wide."""

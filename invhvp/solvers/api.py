@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import _checks as C
-from ..errors import DTypeError, UnsupportedOperatorError
+from ..errors import DTypeError, InvhvpError, UnsupportedOperatorError
 from ..operators import BlockDiagonal, Operator
 from .base import Counted, Solver
 from .block import BlockInverse
@@ -107,6 +107,13 @@ def _precheck(solver, op, where):
         raise type(exc)(f"{where}: {exc}") from None
 
 
+def _renamed(exc, message):
+    try:
+        return type(exc)(message)
+    except TypeError:  # an exception type with another signature: keep it unchanged
+        return exc
+
+
 def _build(solver, counted, lam, rng):
     """One inverse per block (recursively for nested block-diagonal operators), or one joint inverse."""
     op = counted.op
@@ -114,9 +121,14 @@ def _build(solver, counted, lam, rng):
         return solver._factor(counted, lam, rng)
     lams = lam if isinstance(lam, tuple) else (lam,) * op.n_blocks
     parts = []
-    for b, (cfg, r), lb in zip(op.blocks, solver._per_block(op, rng), lams):
+    for i, (b, (cfg, r), lb) in enumerate(zip(op.blocks, solver._per_block(op, rng), lams)):
         n0 = counted.n
-        part = _build(cfg, Counted(b, counted.counter), lb, r)
+        try:
+            part = _build(cfg, Counted(b, counted.counter), lb, r)
+        except InvhvpError as exc:  # name the block; typed errors keep their type
+            if str(exc).startswith("blocks["):
+                raise
+            raise _renamed(exc, f"blocks[{i}]: {exc}") from exc
         part.setup_matvec = counted.n - n0
         parts.append(part)
     return BlockInverse(solver, counted, lams, parts)

@@ -34,7 +34,7 @@ class BlockInverse(Inverse):
 
     def _solve2d(self, B, check: bool):
         xp = self.operator.xp
-        Xs, statuses, iters, infos, rn2, n_mv, n_check, bounds = [], [], [], [], 0.0, 0, 0, []
+        Xs, statuses, iters, infos, rn2, n_mv, n_check = [], [], [], [], 0.0, 0, 0
         for p, Bl in zip(self.parts, self.operator.split(B)):
             X, st, it, mv, inf, rn, nc = p._solve2d(Bl, check)
             Xs.append(X)
@@ -44,11 +44,12 @@ class BlockInverse(Inverse):
             n_mv += mv
             n_check += nc
             rn2 = None if rn is None or rn2 is None else rn2 + rn**2
-            bounds.append(inf.get("error_bound"))
         status = Status.worst(statuses)
         info = {"method": "block-diagonal", "blocks": infos, "block_status": [s.value for s in statuses]}
-        if all(b is not None for b in bounds):
-            info["error_bound"] = np.sqrt(sum(np.asarray(b) ** 2 for b in bounds))
+        for key in ("error_bound", "approximation_bound"):  # per-column bounds combine as ‖(e_1, …, e_L)‖
+            vals = [inf.get(key) for inf in infos]
+            if all(v is not None for v in vals):
+                info[key] = np.sqrt(sum(np.asarray(v) ** 2 for v in vals))
         advice = [f"block {i}: {d['advice']}" for i, d in enumerate(infos) if "advice" in d and statuses[i] is not Status.SUCCESS]
         if advice:
             info["advice"] = "; ".join(advice)

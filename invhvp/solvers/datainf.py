@@ -59,6 +59,9 @@ class DataInf(Solver):
         intermediate bound, the true error when small): costs that can exceed the solve.
     chunk_size : int, optional
         Rows of ``U`` per chunk; default keeps temporaries near ``2**24`` elements.
+    route : {"auto", "products", "gram"}
+        How :meth:`~invhvp.Inverse.quad` forms ``T R Uᵀ``: three products (``3mnd``) or through
+        the ``n×n`` Gram (``mnd + n²d + mn²``); ``"auto"`` takes the cheaper one.
 
     Examples
     --------
@@ -72,11 +75,13 @@ class DataInf(Solver):
 
     certify: bool = False
     chunk_size: int | None = None
+    route: str = "auto"
     name = "datainf"
 
     def __post_init__(self):
         C.flag(self.certify, "certify")
         C.integer(self.chunk_size, "chunk_size", minimum=1, optional=True)
+        C.choice(self.route, "route", ("auto", "products", "gram"))
 
     def check_supported(self, op) -> None:
         if not isinstance(op, LowRankPlusIdentity):
@@ -133,7 +138,10 @@ class DataInfInverse(Inverse):
         xp, U = self.operator.xp, self.U
         n, d = (int(v) for v in U.shape)
         m = int(T.shape[0])
-        gram = n * n * d + m * n * n < 2 * m * n * d and n * n <= GRAM_MAX_ELEMENTS
+        route = self.solver.route
+        if route == "auto":
+            route = "gram" if n * n * d + m * n * n < 2 * m * n * d and n * n <= GRAM_MAX_ELEMENTS else "products"
+        gram = route == "gram"
         K = U @ U.T if gram else None
         out = xp.zeros((m, n), dtype=T.dtype, device=Bk.device_of(T))
         for sl in row_chunks(m, rows_per_chunk(max(d, n), chunk_size)):

@@ -149,7 +149,7 @@ class Inverse:
             return X, Status.NONFINITE, out.n_iter, n_mv, info, None, 0
         if not check:
             info["checked"] = False
-            return X, Status.worst([status, self.setup_status]), out.n_iter, n_mv, info, None, 0
+            return X, Status.worst([status, self.setup_status]), out.n_iter, n_mv, self._with_setup_advice(info), None, 0
         n_check = out.check_matvec
         R = out.residual
         if R is None:
@@ -160,12 +160,21 @@ class Inverse:
             info.setdefault("advice", "the residual is NaN or infinite: the operator's products are not finite")
             return X, Status.NONFINITE, out.n_iter, n_mv, info, chk.r, n_check
         status2, extra = self._verify(out, chk)
+        run_advice = extra.get("advice")
         info.update(extra)
+        if run_advice and "advice" in out.info and out.info["advice"] != run_advice:
+            info["advice"] = out.info["advice"] + "; " + run_advice
         bound = chk.error_bound(self.lam_lower())
         if bound is not None:
             info["error_bound"] = bound
         info["checked"] = True
-        return X, Status.worst([status, status2]), out.n_iter, n_mv, info, chk.r, n_check
+        return X, Status.worst([status, status2]), out.n_iter, n_mv, self._with_setup_advice(info), chk.r, n_check
+
+    def _with_setup_advice(self, info):
+        setup = self.info.get("advice") if self.setup_status is not Status.SUCCESS else None
+        if setup and setup not in info.get("advice", ""):
+            info["advice"] = setup + ("; " + info["advice"] if info.get("advice") else "")
+        return info
 
     def solve(self, rhs, *, on_failure: str | None = None, check: bool = True) -> SolveResult:
         """Apply the inverse to ``rhs`` (``(d,)`` or ``(d, k)``) and verify the result.

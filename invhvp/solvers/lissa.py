@@ -160,6 +160,16 @@ class LiSSA(Solver):
                 f"LiSSA(batch_size={self.batch_size}) needs mini-batch estimates of {type(op).__name__}: "
                 f"{hint}; or use batch_size='full' (exact products), or invhvp.CG()"
             )
+        if (
+            self.batch_size != "full"
+            and not self.explicit
+            and op.supports_minibatch
+            and op.n_samples is None
+        ):
+            raise UnsupportedOperatorError(
+                "LiSSA's plan prices a mini-batch product as B/n of a full one and needs the number of "
+                "samples n: pass MatrixFree(..., n_samples=n), or batch_size='full'"
+            )
         if not op.psd:
             raise UnsupportedOperatorError(
                 f"LiSSA needs a positive semidefinite operator ({type(op).__name__} has psd=False): its step "
@@ -197,15 +207,20 @@ class LissaInverse(Inverse):
         if bs != "full":
             est.update(estimate_variance(solver, counted, gen, est))
         self.L = est["lambda_max_upper"]
-        budget_mv = float(DEFAULT_MAX_MATVEC if solver.max_matvec is None else solver.max_matvec)
+        # the step check uses the point value when it is exact (its rounding allowance is for planning)
+        self.L_check = est.get("lambda_max_value", self.L)
+        if solver.max_matvec is not None:
+            budget_mv = float(solver.max_matvec)
+        else:  # explicit hyperparameters are run as given; a plan gets the default budget
+            budget_mv = None if solver.explicit else float(DEFAULT_MAX_MATVEC)
         unit = n if n is not None else 1
         p = plan_lissa(
-            self.L,
+            self.L if solver.step is None else self.L_check,
             self.lam_eff,
             est.get("sigma1_sq", 0.0),
             solver.rtol,
             n_samples=unit if (n is not None or bs == "full") else None,
-            budget=budget_mv * unit,
+            budget=None if budget_mv is None else budget_mv * unit,
             step=solver.step,
             batch_size=bs,
             steps=solver.steps,
@@ -218,8 +233,8 @@ class LissaInverse(Inverse):
         self._set_setup_status(p, budget_mv, unit, bs)
 
     def _set_setup_status(self, p, budget_mv, unit, bs):
-        eta_max = 1.0 / (self.L + self.lam_eff)
-        if p.step > eta_max * (1 + 1e-12):
+        eta_max = 1.0 / (self.L_check + self.lam_eff)
+        if p.step > eta_max * (1 + 1e-9):
             self.setup_status = Status.INACCURATE
             self.info["advice"] = (
                 f"step η={p.step:.3g} exceeds 1/(λ_max+λ)={eta_max:.3g} (λ_max estimate {self.L:.3g}): "
@@ -237,7 +252,7 @@ class LissaInverse(Inverse):
             else:
                 self.setup_status = Status.MAX_ITER
                 self.info["advice"] = (
-                    f"the plan cannot meet rtol={self.solver.rtol} within max_matvec={budget_mv:g} per column; "
+                    f"the plan cannot meet rtol={self.solver.rtol} within max_matvec={budget_mv} per column; "
                     f"about {math.ceil(need / unit)} matvecs per column are needed (predicted relative error "
                     f"bound {p.predicted_error:.3g}); raise max_matvec, add damping, or use invhvp.CG()"
                 )

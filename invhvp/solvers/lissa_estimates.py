@@ -57,6 +57,7 @@ def estimate_lambda_max(cfg, counted, gen) -> dict:
         counted.add(min(op.size, op.n_samples or op.size))  # forming the small Gram ≈ min(n, d) products
         vals = small.values - shift
         est.update(
+            lambda_max_value=max(float(np.max(vals)), 0.0),
             lambda_max_upper=max(float(np.max(vals)), 0.0) + small.rounding,
             lambda_max_source="exact eigenvalues from structure (+ rounding allowance)",
             sum_sq_lower=float(np.sum(small.counts * np.maximum(vals, 0.0) ** 2)),
