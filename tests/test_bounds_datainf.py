@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-import torch
+from cases import needs_torch, torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -113,8 +113,10 @@ def test_influence_error_bound_holds():
     np.testing.assert_allclose(b1, expect, rtol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_torch_matches_numpy(dtype):
+@needs_torch
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_torch_matches_numpy(dt):
+    dtype = getattr(torch, dt)
     rng = np.random.default_rng(3)
     for n, d in [(8, 5), (4, 12)]:
         U = rng.standard_normal((n, d))

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-import torch
+from cases import needs_torch, torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -106,6 +106,7 @@ def test_R_minus_inverse_is_psd(seed, n, d, log_cond, log_lam):
     np.testing.assert_allclose(R, R.T, atol=1e-12 * np.abs(R).max())
 
 
+@needs_torch
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_backends_and_dtypes(lib, dtype):
@@ -167,6 +168,7 @@ def test_certificates_in_info():
     assert "approximation" in full["note"]
 
 
+@needs_torch
 def test_identity_returns_rhs():
     rng = np.random.default_rng(8)
     b = rand(rng, 5, 2)
@@ -178,6 +180,7 @@ def test_identity_returns_rhs():
     assert torch.equal(ih.solve(op, tb, ih.Identity()).x, tb)
 
 
+@needs_torch
 def test_default_damping_rule():
     rng = np.random.default_rng(9)
     U1, U2 = rand(rng, 6, 4), 5.0 * rand(rng, 6, 9)

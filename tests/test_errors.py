@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-import torch
+from cases import needs_torch, torch
 
 import invhvp as ih
 from invhvp import Status
@@ -75,6 +75,7 @@ def test_empty_or_bad_factor():
 # ------------------------------------------------------------------ non-finite
 
 
+@needs_torch
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_nonfinite_inputs(bad):
     M = np.eye(3)
@@ -123,6 +124,7 @@ def test_bad_block_damping():
 # ------------------------------------------------------------------ symmetry
 
 
+@needs_torch
 def test_non_symmetric_dense():
     M = np.eye(3)
     M[0, 2] = 0.5
@@ -132,6 +134,7 @@ def test_non_symmetric_dense():
         ih.Dense(torch.tensor(M, dtype=torch.float32))
 
 
+@needs_torch
 def test_slightly_asymmetric_float32_accepted():
     rng = np.random.default_rng(0)
     W = rng.standard_normal((6, 6)).astype(np.float32)
@@ -145,6 +148,7 @@ def test_slightly_asymmetric_float32_accepted():
 # ------------------------------------------------------------------ dtypes and libraries
 
 
+@needs_torch
 def test_integer_dtype():
     with pytest.raises(DTypeError, match="matrix"):
         ih.Dense(np.eye(3, dtype=np.int64))
@@ -158,6 +162,7 @@ def test_integer_dtype():
         ih.MatrixFree(lambda v: v, 3, torch.float16)
 
 
+@needs_torch
 def test_mixed_numpy_torch():
     with pytest.raises(DTypeError, match="rhs: array library mismatch"):
         ih.solve(_A(3), torch.ones(3, dtype=torch.float64), damping=0.1)
@@ -188,6 +193,7 @@ def test_bad_blocks():
 # ------------------------------------------------------------------ positive definiteness
 
 
+@needs_torch
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 def test_cholesky_not_positive_definite(lib):
     conv = (lambda a: a) if lib == "numpy" else torch.tensor
@@ -293,6 +299,7 @@ def test_bad_matrix_free_arguments():
         ih.MatrixFree(lambda v: v, 3, np.float64, diagonal=np.ones(4))
 
 
+@needs_torch
 def test_matrix_free_callable_wrong_output():
     wrong_shape = ih.MatrixFree(lambda v: v[:-1], 4, np.float64)
     with pytest.raises(ShapeError, match="matvec/matmat callable returned shape \\(3,\\)"):
@@ -310,6 +317,7 @@ def test_matrix_free_callable_wrong_output():
 # ------------------------------------------------------------------ never NaN silently
 
 
+@needs_torch
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 def test_nan_from_matrix_free_is_never_silent(lib):
     dtype = np.float64 if lib == "numpy" else torch.float64

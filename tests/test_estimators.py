@@ -2,15 +2,14 @@
 
 import numpy as np
 import pytest
+from cases import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import invhvp as ih
 from invhvp.errors import InputError, ShapeError, UnsupportedOperatorError
 
-torch = pytest.importorskip("torch")
-
-BACKENDS = ["numpy", "torch"]
+BACKENDS = ["numpy"] + (["torch"] if torch is not None else [])
 DTYPES = ["float32", "float64"]
 
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import torch
+from cases import needs_torch, torch
 
 import invhvp as ih
 from invhvp.errors import DampingError, DTypeError, InputError, NonFiniteError, ShapeError
@@ -127,6 +127,7 @@ def test_datainf_routes_agree(route):
     np.testing.assert_allclose(out, reference(train, test, [lam], datainf_dense), rtol=1e-10)
 
 
+@needs_torch
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("solver", [ih.DataInf(), ih.Exact(), ih.Identity()], ids=lambda s: s.name)
 def test_torch_and_dtypes(dtype, solver):
@@ -155,6 +156,7 @@ def test_single_array_input():
     np.testing.assert_allclose(got, reference(train, test, [0.2]), rtol=1e-10)
 
 
+@needs_torch
 def test_input_errors():
     train, test = problem()
     with pytest.raises(ShapeError, match="test_grads"):

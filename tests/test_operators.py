@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-import torch
-from cases import BACKEND_PARAMS, CASE_PARAMS, DTYPES, assert_same_kind, eps, host64
+from cases import BACKEND_PARAMS, CASE_PARAMS, DTYPES, assert_same_kind, eps, host64, needs_torch, torch
 
 import invhvp as ih
 from invhvp.errors import OperatorContractError
@@ -63,6 +62,7 @@ def test_check_operator_rejects_false_psd_claim():
     check_operator(_mf(lambda v: -v, psd=False))  # honest claim passes
 
 
+@needs_torch
 def test_check_operator_rejects_dtype_change():
     op = ih.MatrixFree(lambda v: v, 3, torch.float32, matmat=lambda V: V.double())
     with pytest.raises(OperatorContractError, match="dtype"):

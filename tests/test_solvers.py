@@ -4,8 +4,17 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
-from cases import BACKEND_PARAMS, CASE_PARAMS, DTYPES, Backend, assert_same_kind, eps, host64
+from cases import (
+    BACKEND_PARAMS,
+    CASE_PARAMS,
+    DTYPES,
+    Backend,
+    assert_same_kind,
+    eps,
+    host64,
+    needs_torch,
+    torch,
+)
 
 import invhvp as ih
 from invhvp import Status
@@ -274,6 +283,7 @@ def test_cg_nan_from_operator_is_nonfinite(bk):
     assert res.status is Status.NONFINITE
 
 
+@needs_torch
 def test_exact_nan_from_matrix_free_never_silent():
     op = ih.MatrixFree(lambda v: v * float("nan"), 5, np.float64)
     with pytest.raises(ih.errors.NonFiniteError):

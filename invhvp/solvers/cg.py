@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _backend as Bk
 from .. import _checks as C
+from .._arrays import col_norms64
 from ..errors import InputError, ShapeError
 from ..result import Status
 from .base import Outcome, Solver
@@ -126,11 +127,6 @@ class CGInverse(Inverse):
         super().__init__(solver, counted, damping, info)
         self.applied = applied
 
-    def _tol(self, bnorm):
-        xp = self.operator.xp
-        s = self.solver
-        return xp.maximum(s.rtol * bnorm, xp.full_like(bnorm, s.atol))
-
     def _apply(self, B):
         s, op, xp = self.solver, self.operator, self.operator.xp
         d, k = B.shape
@@ -140,12 +136,19 @@ class CGInverse(Inverse):
         status = np.full(k, Status.MAX_ITER, dtype=object)
         iters = np.zeros(k, dtype=np.int64)
         history = [] if s.record_history else None
-        tol = self._tol(xp.linalg.vector_norm(B, axis=0))
+        # CG is linear in b: run it on unit-norm columns (norms in float64), so that entries near
+        # 1e±30 in float32 neither underflow nor overflow when squared; scale back at the end
+        bn = col_norms64(B)
+        sc = np.where(bn > 0, bn, 1.0)
+        scale = xp.asarray(sc, dtype=B.dtype, device=Bk.device_of(B))[None, :]
+        B = B / scale
+        X = None if X is None else X / scale
+        tol = xp.asarray(np.maximum(s.rtol * (bn > 0), s.atol / sc), dtype=B.dtype, device=Bk.device_of(B))
         R = B if X is None else B - (self._counted.matmat(X) + lam * X)
         X = xp.zeros((d, k), dtype=B.dtype, device=Bk.device_of(B)) if X is None else X
         total, restarts, cols = 0, 0, np.arange(k)
         while True:
-            X, used = self._iterate(X, R, lam, tol, cols, status, iters, history, maxiter - total)
+            X, used = self._iterate(X, R, lam, tol, cols, status, iters, history, maxiter - total, (scale, sc))
             total += used
             # the true residual: the claim a status makes (docs/theory.md §7)
             R = B - (op._matmat(X) + lam * X)
@@ -157,6 +160,7 @@ class CGInverse(Inverse):
             restarts += 1
             cols = np.flatnonzero(miss)
             status[cols] = Status.MAX_ITER
+        X, R = X * scale, R * scale
         worst = Status.worst(status.tolist())
         info = {
             "maxiter": maxiter,
@@ -178,8 +182,13 @@ class CGInverse(Inverse):
             )
         return Outcome(x=X, status=worst, n_iter=total, info=info, residual=R, check_matvec=k)
 
-    def _iterate(self, X, R, lam, tol, cols, status, iters, history, budget):
-        """CG on columns ``cols`` of ``X`` from residual ``R`` (restart); updates status/iters in place."""
+    def _iterate(self, X, R, lam, tol, cols, status, iters, history, budget, scales):
+        """CG on columns ``cols`` of ``X`` from residual ``R`` (restart); updates status/iters in place.
+
+        Works on unit-norm columns; ``scales`` = (device row vector, host vector) of the column
+        norms, used only for what users see (callback, residual history).
+        """
+        scale, sc = scales
         s, xp, minv = self.solver, self.operator.xp, self.applied
         idx = np.asarray(cols)
         keep = np.zeros(X.shape[1], dtype=bool)
@@ -190,7 +199,7 @@ class CGInverse(Inverse):
         status[idx[done]] = Status.SUCCESS
         if history is not None:
             full = np.zeros(X.shape[1]) if not history else history[-1].copy()
-            full[idx] = rn
+            full[idx] = rn * sc[idx]
             history.append(full)
         if done.all():
             return X, 0
@@ -220,12 +229,12 @@ class CGInverse(Inverse):
             fin = conv | bad_c | nonfin
             if history is not None:
                 full = history[-1].copy()
-                full[idx] = rn
+                full[idx] = rn * sc[idx]
                 history.append(full)
             if fin.any() or s.callback is not None:
                 X = _scatter(xp, X, Xa, idx)
             if s.callback is not None:
-                s.callback(X)
+                s.callback(X * scale)
             if fin.any():
                 keep = ~fin
                 idx = idx[keep]

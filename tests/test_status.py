@@ -1,0 +1,264 @@
+"""A status is a checked claim (docs/theory.md §7): each reproducer here came back SUCCESS before v2."""
+
+import numpy as np
+import pytest
+
+import invhvp as ih
+from invhvp import Status
+from invhvp.errors import ConvergenceError, InputError
+
+
+def gram(seed, n, d, decay=1.0):
+    rng = np.random.default_rng(seed)
+    U = rng.standard_normal((n, d)) * np.geomspace(1.0, 10.0**-decay, d)
+    return U, rng.standard_normal(d)
+
+
+def exact(U, v, lam, shift=0.0):
+    n, d = U.shape
+    return np.linalg.solve(U.T @ U / n + (lam + shift) * np.eye(d), v)
+
+
+def rel(x, xs):
+    return np.linalg.norm(x - xs) / np.linalg.norm(xs)
+
+
+# ----------------------------------------------------------------------------- LiSSA
+def test_explicit_step_above_two_over_lmax_is_diverged_not_success():
+    U, v = gram(0, 200, 12)
+    L = np.linalg.eigvalsh(U.T @ U / 200)[-1]
+    lam = 1e-4 * L
+    solver = ih.LiSSA(step=2.05 / (L + lam), batch_size="full", steps=300)
+    res = ih.solve(ih.LowRankPlusIdentity(U), v, solver, damping=lam, on_failure="ignore")
+    assert res.status is Status.DIVERGED
+    assert res.info["steps_run"] < 300  # the growing full-batch residual is caught during the run
+    assert np.all(np.isfinite(res.x))
+
+
+def test_plan_that_misses_target_is_max_iter_without_max_matvec():
+    U, v = gram(1, 2000, 20, decay=2.0)
+    lam = 1e-6
+    res = ih.solve(ih.LowRankPlusIdentity(U), v, ih.LiSSA(rng=0), damping=lam, on_failure="ignore")
+    assert not res.info["plan"]["meets_target"]
+    assert res.status is Status.MAX_ITER
+    assert "max_matvec=2000" in res.info["advice"] and "matvecs per column are needed" in res.info["advice"]
+    assert res.n_matvec <= ih.solvers.lissa.DEFAULT_MAX_MATVEC + 1
+
+
+def test_user_lambda_max_too_small_is_checked_and_replaced():
+    U, v = gram(2, 300, 10)
+    lam = 0.05
+    res = ih.solve(ih.LowRankPlusIdentity(U), v, ih.LiSSA(lambda_max=0.01, rng=0), damping=lam, on_failure="ignore")
+    est = res.info["estimates"]
+    assert "not an upper bound" in est["lambda_max_user_rejected"]
+    assert est["lambda_max_upper"] >= np.linalg.eigvalsh(U.T @ U / 300)[-1]
+    if res.ok:
+        assert rel(res.x, exact(U, v, lam)) <= 3 * 0.1
+
+
+def test_user_lambda_max_that_is_an_upper_bound_is_kept():
+    U, v = gram(3, 300, 10)
+    L = np.linalg.eigvalsh(U.T @ U / 300)[-1]
+    res = ih.solve(ih.LowRankPlusIdentity(U), v, ih.LiSSA(lambda_max=1.5 * L, rng=0), damping=0.5)
+    assert res.info["estimates"]["lambda_max_upper"] == 1.5 * L
+    assert rel(res.x, exact(U, v, 0.5)) <= 0.3
+
+
+def test_lissa_with_shift_counts_it_once():
+    U, v = gram(4, 400, 8)
+    op = ih.LowRankPlusIdentity(U, shift=0.7)
+    res = ih.solve(op, v, ih.LiSSA(rng=1, rtol=0.05), damping=0.1)
+    assert rel(res.x, exact(U, v, 0.1, shift=0.7)) <= 0.15
+    L = np.linalg.eigvalsh(U.T @ U / 400)[-1]
+    # the step bound is 1/(λ_max(UᵀU/n) + shift + damping): shift counted once, not twice
+    assert res.info["plan"]["step"] <= 1.0 / (L + 0.8) * (1 + 1e-9)
+    assert res.info["plan"]["step"] > 0.5 / (L + 0.8)
+
+
+def test_lissa_variance_bound_from_structure_is_exact_formula_and_an_upper_bound():
+    U, v = gram(5, 60, 6)
+    n = 60
+    res = ih.solve(ih.LowRankPlusIdentity(U), v, ih.LiSSA(rng=0, batch_size=5, max_matvec=1e6), damping=1.0,
+                   on_failure="ignore")
+    est = res.info["estimates"]
+    G = U.T @ U / n
+    m4 = np.mean(np.sum(U * U, axis=1) ** 2)
+    assert est["sigma1_sq"] == pytest.approx(m4 - np.sum(np.linalg.eigvalsh(G) ** 2), rel=1e-9)
+    # true σ₁² = ‖E(g gᵀ − G)²‖₂
+    E = sum(np.linalg.matrix_power(np.outer(g, g) - G, 2) for g in U) / n
+    assert est["sigma1_sq"] >= np.linalg.eigvalsh(E)[-1] * (1 - 1e-9)
+
+
+def test_lissa_variance_probe_is_mean_plus_three_stderr():
+    U, v = gram(6, 500, 8)
+    n = 500
+    A = U.T @ U / n
+
+    def sampler(b, rng):
+        idx = rng.integers(0, n, size=b)
+        Ub = U[idx]
+        return lambda V: Ub.T @ (Ub @ V) / b
+
+    mf = ih.MatrixFree(lambda x: A @ x, 8, np.float64, sampler=sampler, n_samples=n)
+    res = ih.solve(mf, v, ih.LiSSA(rng=0, max_matvec=1e5), damping=0.5, on_failure="ignore")
+    est = res.info["estimates"]
+    assert est["sigma1_sq"] > est["sigma1_sq_mean"] > 0  # mean + 3·stderr, not mean − 3·stderr
+
+
+def test_mini_batch_blow_up_is_diverged_early():
+    U, v = gram(7, 400, 10, decay=0.0)
+    L = np.linalg.eigvalsh(U.T @ U / 400)[-1]
+    solver = ih.LiSSA(step=1.0 / (L + 1e-3), batch_size=1, steps=20000, rng=0)
+    res = ih.solve(ih.LowRankPlusIdentity(U), v, solver, damping=1e-3, on_failure="ignore")
+    assert res.status in (Status.DIVERGED, Status.NONFINITE, Status.INACCURATE)
+    assert res.status is not Status.SUCCESS
+    # an iterate above divergence_factor·‖v‖/λ stops the run at the next check, long before T
+    assert res.info["steps_run"] < 2000
+
+
+# ----------------------------------------------------------------------------- Exact
+def test_exact_float32_ill_conditioned_blocks_are_inaccurate():
+    rng = np.random.default_rng(8)
+    blocks, refs = [], []
+    for _ in range(3):
+        Q, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+        M = ((Q * np.geomspace(1.0, 1e-8, 40)) @ Q.T).astype(np.float32)
+        M = (M + M.T) / 2
+        blocks.append(ih.Dense(M))
+        refs.append(M.astype(np.float64))
+    op = ih.BlockDiagonal(blocks)
+    b = rng.standard_normal(120).astype(np.float32)
+    res = ih.solve(op, b, ih.Exact(), damping=0.0, on_failure="ignore")
+    assert res.status is Status.INACCURATE
+    assert "float64" in res.info["advice"]
+    # the result's own residual contradicts an accurate solve: that is what the status reports
+    assert res.residual_norm / np.linalg.norm(b) > 1e-2
+    # float64 with damping is fine
+    ok = ih.solve(ih.BlockDiagonal([ih.Dense(R) for R in refs]), b.astype(np.float64), ih.Exact(), damping=1e-3)
+    assert ok.ok
+
+
+def test_exact_matrix_free_matvec_matmat_disagree_is_refused():
+    M = np.diag(np.arange(1.0, 6.0))
+    op = ih.MatrixFree(lambda v: M @ v, 5, np.float64, matmat=lambda V: 2.0 * (M @ V))
+    with pytest.raises(InputError, match="disagree"):
+        ih.solve(op, np.ones(5), ih.Exact(), damping=0.1)
+
+
+def test_random_operator_products_are_never_success():
+    """An operator whose products are random (dropout left on): the residual contradicts the solve."""
+    rng = np.random.default_rng(9)
+    M = np.diag(np.linspace(1.0, 5.0, 20))
+
+    def noisy(V):
+        return M @ V * (1.0 + 0.3 * rng.standard_normal((20, 1)))
+
+    op = ih.MatrixFree(lambda v: noisy(v[:, None])[:, 0], 20, np.float64, matmat=noisy)
+    for solver in (ih.CG(rtol=1e-8), ih.CG(rtol=1e-3)):
+        res = ih.solve(op, np.ones(20), solver, damping=0.1, on_failure="ignore")
+        assert res.status is not Status.SUCCESS
+
+
+def test_exact_error_estimate_bounds_true_error():
+    rng = np.random.default_rng(10)
+    Q, _ = np.linalg.qr(rng.standard_normal((50, 50)))
+    for dt, kappa in (("float64", 1e10), ("float32", 1e4)):
+        M = ((Q * np.geomspace(1.0, 1.0 / kappa, 50)) @ Q.T).astype(dt)
+        M = (M + M.T) / 2
+        B = rng.standard_normal((50, 3)).astype(dt)
+        res = ih.solve(ih.Dense(M), B, ih.Exact(), damping=0.0, on_failure="ignore")
+        xs = np.linalg.solve(M.astype(np.float64), B.astype(np.float64))
+        err = np.linalg.norm(res.x - xs, axis=0) / np.linalg.norm(xs, axis=0)
+        assert np.all(err <= res.info["error_estimate"])
+        assert res.ok == bool(np.all(res.info["error_estimate"] <= res.info["rtol"]))
+
+
+# ----------------------------------------------------------------------------- CG
+def test_cg_block_turning_nonfinite_is_a_status_not_an_index_error():
+    op = ih.BlockDiagonal([ih.Dense(np.eye(2)), ih.MatrixFree(lambda v: v * np.inf, 2, np.float64)])
+    res = ih.solve(op, np.ones(4), ih.CG(), damping=0.1, on_failure="ignore")
+    assert res.status is Status.NONFINITE
+    assert res.info["block_status"] == ["success", "nonfinite"]
+    np.testing.assert_allclose(res.x[:2], 1 / 1.1)
+
+
+def test_cg_per_block_splits_atol_and_hands_x0_to_its_block():
+    rng = np.random.default_rng(11)
+    blocks = [ih.LowRankPlusIdentity(rng.standard_normal((5, d))) for d in (8, 12, 6)]
+    op = ih.BlockDiagonal(blocks)
+    b = rng.standard_normal(26)
+    res = ih.solve(op, b, ih.CG(rtol=0.0, atol=1e-6), damping=0.2)
+    assert res.residual_norm <= 1e-6  # joint rule met: each block stopped at atol/√L
+    xs = ih.solve(op, b, ih.Exact(), damping=0.2).x
+    x0 = xs.copy()
+    x0[8:20] = 0.0  # only the middle block needs work
+    warm = ih.solve(op, b, ih.CG(rtol=1e-10, x0=x0), damping=0.2)
+    its = [blk["iterations_per_column"][0] for blk in warm.info["blocks"]]
+    assert its[0] == 0 and its[2] == 0 and its[1] > 0
+
+
+def test_cg_recursive_residual_drift_is_restarted_from_the_true_residual():
+    rng = np.random.default_rng(12)
+    Q, _ = np.linalg.qr(rng.standard_normal((80, 80)))
+    M = (Q * np.geomspace(1.0, 1e-7, 80)) @ Q.T
+    M = (M + M.T) / 2
+    b = rng.standard_normal(80)
+    res = ih.solve(ih.Dense(M), b, ih.CG(rtol=1e-9, maxiter=5000), damping=0.0, on_failure="ignore")
+    r = np.linalg.norm(b - M @ res.x)
+    assert res.ok == (r <= 1e-9 * np.linalg.norm(b) * (1 + 1e-6))
+
+
+def test_jacobi_uses_the_damping():
+    M = np.diag([1.0, 4.0, 9.0]) + 0.1
+    op = ih.Dense(M)
+    R = np.ones((3, 2))
+    applied = ih.Jacobi().build(op, 2.0)
+    np.testing.assert_allclose(applied(R), R / (np.diag(M) + 2.0)[:, None])
+
+
+def test_user_preconditioner_of_wrong_shape_is_a_typed_error():
+    op = ih.Dense(np.eye(4))
+    with pytest.raises(ih.errors.ShapeError, match="preconditioner"):
+        ih.solve(op, np.ones(4), ih.CG(preconditioner=lambda R: R[:2]), damping=0.1)
+
+
+# ----------------------------------------------------------------------------- approximations
+def test_identity_on_a_nan_operator_is_nonfinite():
+    op = ih.MatrixFree(lambda v: v * np.nan, 3, np.float64)
+    res = ih.solve(op, np.ones(3), ih.Identity(), damping=0.1, on_failure="ignore")
+    assert res.status is Status.NONFINITE
+    with pytest.raises(ConvergenceError):
+        ih.solve(op, np.ones(3), ih.Identity(), damping=0.1)
+
+
+def test_float32_error_bound_never_underflows_to_zero():
+    op = ih.Dense(np.eye(3, dtype=np.float32) * 2)
+    b = np.array([1e-30, 2e-30, 0.0], dtype=np.float32)
+    res = ih.solve(op, b, ih.CG(rtol=1e-3), damping=0.5)
+    assert np.all(res.info["error_bound"] > 0)
+    x64 = b.astype(np.float64) / 2.5
+    assert np.linalg.norm(res.x - x64) <= res.info["error_bound"]
+
+
+def test_per_block_error_bound_uses_each_blocks_damping():
+    rng = np.random.default_rng(13)
+    U1, U2 = rng.standard_normal((4, 10)), rng.standard_normal((4, 10))
+    op = ih.BlockDiagonal([ih.LowRankPlusIdentity(U1), ih.LowRankPlusIdentity(U2)])
+    b = rng.standard_normal(20)
+    res = ih.solve(op, b, ih.Identity(), damping=(1e-3, 10.0))
+    xs = ih.solve(op, b, ih.Exact(), damping=(1e-3, 10.0)).x
+    assert np.linalg.norm(res.x - xs) <= res.info["error_bound"]
+    r1 = np.linalg.norm(b[:10] - (U1.T @ U1 / 4 + 1e-3 * np.eye(10)) @ b[:10])
+    assert res.info["error_bound"] >= r1 / 1e-3  # block 1's own λ, not the largest one
+
+
+def test_datainf_block_approximation_bound_is_root_sum_of_squares():
+    rng = np.random.default_rng(14)
+    Us = [rng.standard_normal((6, 9)), 3 * rng.standard_normal((6, 5))]
+    op = ih.BlockDiagonal([ih.LowRankPlusIdentity(U) for U in Us])
+    B = rng.standard_normal((14, 2))
+    res = ih.solve(op, B, ih.DataInf(), damping=(0.5, 2.0))
+    parts = [blk["certificates"]["bound"] * np.linalg.norm(Bl, axis=0) for blk, Bl in zip(res.info["blocks"], (B[:9], B[9:]))]
+    np.testing.assert_allclose(res.info["approximation_bound"], np.sqrt(parts[0] ** 2 + parts[1] ** 2), rtol=1e-12)
+    xs = ih.solve(op, B, ih.Exact(), damping=(0.5, 2.0)).x
+    assert np.all(np.linalg.norm(res.x - xs, axis=0) <= res.info["approximation_bound"])
