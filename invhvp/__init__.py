@@ -7,7 +7,7 @@ Flat public API::
     res.x, res.status, res.residual_norm, res.info
 """
 
-from . import bounds, errors, estimators
+from . import bounds, distributed, errors, estimators
 from .damping import default_damping
 from .errors import ConvergenceError
 from .estimators import EigEstimate, TraceEstimate, lambda_max, trace
@@ -15,6 +15,7 @@ from .influence import average_influence, influence_matrix, self_influence
 from .operators import BlockDiagonal, Dense, LowRankPlusIdentity, MatrixFree, Operator
 from .result import SolveResult, Status
 from .solvers import CG, DataInf, Exact, Identity, LiSSA, Solver, choose_solver, solve
+from .store import GradientStore, StoreFormatError, fingerprint_module
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,10 @@ __all__ = [
     "CG",
     "solve",
     "choose_solver",
+    "GradientStore",
+    "StoreFormatError",
+    "fingerprint_module",
+    "distributed",
 ]
 
 
