@@ -222,16 +222,7 @@ def all_reduce_sum(x, *, dtype=None, deterministic: bool = False):
             t = t.to(td)
     elif is_np:
         t = t.clone()  # from_numpy shares x's memory: never modify a numpy input
-    metas = _gather_meta(_meta(t))
-    if (metas != metas[0]).any():
-        desc = [
-            f"rank {r}: dtype {_dtype_name(int(m[0]))} shape {_shape(m, 0)[2]}" for r, m in enumerate(metas)
-        ]
-        raise ShapeError(
-            "x: all_reduce_sum needs the same shape and dtype on every rank; got " + "; ".join(desc)
-        )
-    if int(metas[0][0]) < 0:
-        raise DTypeError(f"x: dtype {t.dtype} cannot be all-reduced")
+    _agree(_gather_meta(_meta(t)), 0, "all_reduce_sum")
     dev = _comm_device(t)
     work = t if (t.device == dev and t.is_contiguous()) else t.to(dev).contiguous()
     if deterministic:
@@ -247,6 +238,20 @@ def all_reduce_sum(x, *, dtype=None, deterministic: bool = False):
     if work is not t:
         t.copy_(work)
     return t
+
+
+def _agree(metas, k, op, rows_may_differ=False):
+    """Raise the same DTypeError/ShapeError on every rank unless all ranks' arrays agree."""
+    specs = [_shape(m, k) for m in metas]
+    desc = "; ".join(f"rank {r}: dtype {_dtype_name(c)} shape {s}" for r, (c, _, s) in enumerate(specs))
+    if any(c < 0 for c, _, _ in specs) or len({c for c, _, _ in specs}) > 1:
+        raise DTypeError(f"x: {op} needs the same supported dtype on every rank; got {desc}")
+    ndims = {nd for _, nd, _ in specs}
+    shapes = {s[1:] if rows_may_differ else s for _, _, s in specs}
+    if len(shapes) > 1 or min(ndims) < int(rows_may_differ):
+        what = "a row dimension and the same trailing shape" if rows_may_differ else "the same shape"
+        raise ShapeError(f"x: {op} needs {what} on every rank (at most {_MAX_NDIM} dimensions); got {desc}")
+    return specs
 
 
 def _dtype_name(code):
@@ -273,18 +278,7 @@ def all_gather_rows(x):
         return x
     torch, dist = _torch()
     t, is_np = _as_tensor(x, "x")
-    metas = _gather_meta(_meta(t))
-    specs = [_shape(m, 0) for m in metas]
-    code, ndim, _ = specs[0]
-    if any(c < 0 for c, _, _ in specs) or ndim < 1:
-        raise DTypeError(
-            f"x: every rank needs a tensor with a row dimension and a supported dtype; got {specs}"
-        )
-    if any((c, nd, s[1:]) != (code, ndim, specs[0][2][1:]) for c, nd, s in specs):
-        desc = "; ".join(f"rank {r}: dtype {_dtype_name(c)} shape {s}" for r, (c, _, s) in enumerate(specs))
-        raise ShapeError(
-            f"x: all_gather_rows needs the same dtype and trailing shape on every rank; got {desc}"
-        )
+    specs = _agree(_gather_meta(_meta(t)), 0, "all_gather_rows", rows_may_differ=True)
     counts = [s[0] for _, _, s in specs]
     trail = tuple(t.shape[1:])
     dev = _comm_device(t)
