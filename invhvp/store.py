@@ -22,6 +22,7 @@ returns read-only ``numpy.memmap`` arrays.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
 from . import _storeio as io
@@ -37,7 +38,8 @@ def _check_layout(sizes, names, param_names):
         raise InputError(f"sizes: expected a non-empty sequence of block sizes d_l, got {sizes!r}")
     sizes = [_as_int(s, f"sizes[{j}]", 1) for j, s in enumerate(sizes)]
     L = len(sizes)
-    names = [f"block{j}" for j in range(L)] if names is None else list(names)
+    names = [f"block{j}" for j in range(L)] if names is None else names
+    names = list(names) if not isinstance(names, str) else [names]
     if len(names) != L or not all(isinstance(s, str) for s in names):
         raise InputError(f"names: expected {L} str (one per block), got {names!r}")
     if len(set(names)) != L:
@@ -157,13 +159,16 @@ class GradientStore(StoreReader, Sequence):
                     "a gradient store there, or choose a new path"
                 )
             if entries:
-                try:
-                    old = io.read_manifest(path)
-                except StoreFormatError as exc:
-                    raise InputError(
-                        f"path: refusing to overwrite {path!r}: it is not a gradient store ({exc})"
-                    ) from None
-                owned = [io.MANIFEST] + [b["file"] for b in old["blocks"]]
+                if os.path.exists(os.path.join(path, io.MANIFEST)):
+                    try:
+                        old = io.read_manifest(path)
+                    except StoreFormatError as exc:
+                        raise InputError(
+                            f"path: refusing to overwrite {path!r}: it is not a gradient store ({exc})"
+                        ) from None
+                    owned = [io.MANIFEST] + [b["file"] for b in old["blocks"]]
+                else:  # a create() that died before its first manifest: only block files
+                    owned = [e for e in entries if re.fullmatch(r"block_\d{5}\.bin", e)]
                 other = [e for e in entries if e not in owned and not e.startswith(io.TMP_PREFIX)]
                 if other:
                     raise InputError(

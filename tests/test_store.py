@@ -287,9 +287,18 @@ def test_create_and_open_validation(path, tmp_path):
             and st.sizes == [2]
             and sorted(os.listdir(path)) == [".lock", "block_00000.bin", "manifest.json"]
         )
+    with pytest.raises(InputError, match="names"):
+        ih.GradientStore.create(tmp_path / "x", [2, 2, 2], names="abc")
+    (path / "manifest.json").unlink()  # as if create() died before writing its manifest
+    with pytest.raises(InputError, match="overwrite=True"):
+        ih.GradientStore.create(path, [2])
+    ih.GradientStore.create(path, [2], overwrite=True).close()
     other = tmp_path / "notastore"
     other.mkdir()
     (other / "precious.txt").write_text("keep me")
+    with pytest.raises(InputError, match="refusing to overwrite.*precious.txt"):
+        ih.GradientStore.create(other, [2], overwrite=True)
+    (other / "manifest.json").write_text("{}")
     with pytest.raises(InputError, match="not a gradient store"):
         ih.GradientStore.create(other, [2], overwrite=True)
     assert (other / "precious.txt").read_text() == "keep me"
