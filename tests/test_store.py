@@ -306,8 +306,10 @@ def test_create_and_open_validation(path, tmp_path):
         ih.GradientStore.create(other / "precious.txt", [2], overwrite=True)
     with pytest.raises(InputError, match="mode"):
         ih.GradientStore.open(path, "w")
-    with pytest.raises(ih.StoreFormatError, match="no manifest"):
+    with pytest.raises(ih.StoreFormatError, match="does not describe"):
         ih.GradientStore.open(other)
+    with pytest.raises(ih.StoreFormatError, match="no manifest"):
+        ih.GradientStore.open(tmp_path)
     with pytest.raises(ih.StoreFormatError, match="not a directory"):
         ih.GradientStore.open(tmp_path / "missing")
 
