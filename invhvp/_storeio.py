@@ -247,9 +247,12 @@ def pwrite_all(fd: int, buf: np.ndarray, offset: int) -> None:
 def f32_to_bf16_bits(a: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) of finite float32 ``a``, rounded to nearest even."""
     u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-    r = u + np.uint32(0x7FFF)
-    r += (u >> np.uint32(16)) & np.uint32(1)
-    return (r >> np.uint32(16)).astype("<u2")
+    r = u >> np.uint32(16)  # one uint32 temporary, updated in place
+    r &= np.uint32(1)
+    r += u
+    r += np.uint32(0x7FFF)
+    r >>= np.uint32(16)
+    return r.astype("<u2")
 
 
 def bf16_bits_to_f32(b: np.ndarray) -> np.ndarray:

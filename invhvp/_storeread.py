@@ -77,16 +77,27 @@ class StoreReader:
             return backend, out
         return backend, self.dtype if dtype is None else io.store_dtype_name(dtype)
 
-    def _chunk(self, j, sl, backend, device, out):
+    def _span(self, j, sl, mode):
+        """A fresh map of rows ``sl`` of block ``j``: unmapped when the chunk is dropped, so
+        the pages a long iteration touched do not accumulate in this process's RSS."""
+        d = self.sizes[j]
+        dt = np.dtype("<i2") if (mode == "c" and self.dtype == "bfloat16") else io.DTYPES[self.dtype]
+        rows = sl.stop - sl.start
+        if rows <= 0:
+            return self._map(j, mode)[sl]
+        mm = np.memmap(self._file(j), dtype=dt, mode=mode, offset=sl.start * d * dt.itemsize, shape=(rows, d))
+        return np.asarray(mm)
+
+    def _chunk(self, j, sl, backend, device, out, whole=False):
         if backend == "numpy":
-            raw = np.asarray(self._map(j, "r")[sl])
+            raw = self._map(j, "r") if whole else self._span(j, sl, "r")
             if self.dtype == "bfloat16":
                 raw = io.bf16_bits_to_f32(raw)
                 return raw if out == "float32" else raw.astype(np.float64)
             return raw if out == self.dtype else raw.astype(io.DTYPES[out])
         import torch
 
-        t = torch.from_numpy(np.asarray(self._map(j, "c")[sl]))
+        t = torch.from_numpy(self._map(j, "c") if whole else self._span(j, sl, "c"))
         if self.dtype == "bfloat16":
             t = t.view(torch.bfloat16)
         return t.to(device=device, dtype=io.torch_dtype(out))
@@ -116,8 +127,8 @@ class StoreReader:
         """
         _, out = self._target("torch", device, dtype)
         if block is None:
-            return [self._chunk(j, slice(0, self.n), "torch", device, out) for j in range(len(self))]
-        return self._chunk(self._index(block), slice(0, self.n), "torch", device, out)
+            return [self._chunk(j, None, "torch", device, out, True) for j in range(len(self))]
+        return self._chunk(self._index(block), None, "torch", device, out, True)
 
     def block_chunks(self, block, chunk_rows=None, *, rows=None, backend="numpy", device=None, dtype=None):
         """Iterate over ``(row_slice, chunk)`` of one block, ``chunk_rows`` rows at a time.
