@@ -208,7 +208,7 @@ class Lock:
     """Exclusive advisory lock on ``path/.lock`` (released on close or process death)."""
 
     def __init__(self, path):
-        self._f = open(os.path.join(path, LOCK), "a+b")  # noqa: SIM115 (held for the session)
+        self._f = open(os.path.join(path, LOCK), "a+b")
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no locking

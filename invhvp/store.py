@@ -99,7 +99,7 @@ class GradientStore(StoreReader, Sequence):
         self._maps: dict = {}
         self._files = None
         if mode == "a":
-            self._files = [open(self._file(j), "r+b", buffering=0) for j in range(len(self))]  # noqa: SIM115
+            self._files = [open(self._file(j), "r+b", buffering=0) for j in range(len(self))]
 
     # ------------------------------------------------------------------ construction
     @classmethod
