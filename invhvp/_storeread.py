@@ -166,6 +166,23 @@ class StoreReader:
             ``(rows, d_l)`` per block.  Chunks in the store dtype on the CPU are views of the
             mapped files (read-only for numpy, copy-on-write for torch); others are fresh
             arrays.  Memory stays ``O(chunk_rows · Σ d_l)`` beyond the page cache.
+
+        Examples
+        --------
+        A bfloat16 store read as float32 numpy chunks and as bfloat16 tensors; rank 1 of 2
+        reads only its own rows:
+
+        >>> import shutil, tempfile, numpy as np, torch, invhvp as ih
+        >>> path = tempfile.mkdtemp() + "/g"
+        >>> with ih.GradientStore.create(path, [2], "bfloat16") as st:
+        ...     st.append([np.array([[1.0, 1 / 3], [2.0, 3.0], [4.0, 5.0]])])
+        3
+        >>> st = ih.GradientStore.open(path)
+        >>> [(rows, U.dtype, U[0, 1]) for rows, (U,) in st.iter_rows(2)]
+        [(slice(0, 2, None), dtype('float32'), np.float32(0.33398438)), (slice(2, 3, None), dtype('float32'), np.float32(5.0))]
+        >>> [(rows, U.dtype) for rows, (U,) in st.iter_rows(rows=st.shard(1, 2), backend="torch")]
+        [(slice(2, 3, None), torch.bfloat16)]
+        >>> shutil.rmtree(path)
         """
         sl, (backend, out) = self._rows(rows), self._target(backend, device, dtype)
         c = self._chunk_rows(chunk_rows, sum(self.sizes))

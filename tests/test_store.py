@@ -159,6 +159,7 @@ def test_shard_rows_and_iter_rows_rows(path):
     assert list(st.iter_rows(5, rows=slice(30, 40))) == []
     for rows, blocks in st.iter_rows(3, rows=slice(-5, None)):
         np.testing.assert_array_equal(blocks[2], ref(2, rows))
+    st.close()
 
 
 def test_empty_store(path):
@@ -250,6 +251,7 @@ def test_append_validation_leaves_the_store_unchanged(path):
         assert p.stat().st_size == 6 * SIZES[int(p.name[6:11])] * 4
     assert st.append(good) == 8
     np.testing.assert_array_equal(st.numpy(2), ref(2, slice(0, 8)))
+    st.close()
 
 
 def test_bfloat16_overflow_is_non_finite(path):
@@ -259,6 +261,7 @@ def test_bfloat16_overflow_is_non_finite(path):
     with pytest.raises(NonFiniteError, match="block0"):
         st.append([torch.tensor([[3.399e38, 1.0]])])
     assert st.append([np.array([[3.38e38, -1.0]])]) == 1
+    st.close()
 
 
 def test_create_and_open_validation(path, tmp_path):
