@@ -9,7 +9,7 @@ Flat public API::
     inv @ b, inv.solve(B), inv.quad(T)                        # apply many times
 """
 
-from . import bounds, errors, estimators
+from . import bounds, distributed, errors, estimators
 from .damping import default_damping
 from .errors import ConvergenceError
 from .estimators import EigEstimate, TraceEstimate, lambda_max, trace
@@ -31,6 +31,7 @@ from .solvers import (
     inverse,
     solve,
 )
+from .store import GradientStore, StoreFormatError, fingerprint_module
 
 __version__ = "0.1.0"
 
@@ -68,6 +69,10 @@ __all__ = [
     "Preconditioner",
     "Jacobi",
     "choose_solver",
+    "GradientStore",
+    "StoreFormatError",
+    "fingerprint_module",
+    "distributed",
 ]
 
 
