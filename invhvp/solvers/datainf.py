@@ -19,7 +19,7 @@ from ..result import Status
 from .base import Outcome, Solver
 from .inverse import Inverse
 
-__all__ = ["DataInf", "DataInfInverse"]
+__all__ = ["DataInf", "DataInfInverse", "datainf_weights", "datainf_partial", "datainf_finish"]
 
 #: Largest n×n Gram (elements) the influence routes may hold at once.
 GRAM_MAX_ELEMENTS = 1 << 26
@@ -30,6 +30,23 @@ _NOTE = (
     "distance to the exact solution is bounded by info['approximation_bound'] (certificate) and by "
     "info['error_bound'] (= (‖r‖ + δ)/λ)."
 )
+
+
+# The formula R B = (1/λ)[B − Σ_i w_i u_i (u_iᵀ B)], w_i = s/(λ + n s‖u_i‖²), in three pieces so that
+# the sum over rows can run over chunks, files (GradientStore) or processes (torch.distributed).
+def datainf_weights(sq_norms, lam: float, scale: float, n_total: int):
+    """Row weights ``w_i = s/(λ + n s‖u_i‖²)`` from squared row norms (any subset of the rows)."""
+    return scale / (lam + (n_total * scale) * sq_norms)
+
+
+def datainf_partial(U_rows, w_rows, B):
+    """``Σ_{i in rows} w_i u_i (u_iᵀ B)`` for a chunk of rows (two products, ``O(rows·d·k)``)."""
+    return U_rows.T @ (w_rows[:, None] * (U_rows @ B))
+
+
+def datainf_finish(B, acc, lam: float):
+    """``R B = (B − acc)/λ`` once ``acc`` holds the partial sums over all rows."""
+    return (B - acc) / lam
 
 
 @dataclass(frozen=True)
@@ -115,7 +132,7 @@ class DataInfInverse(Inverse):
         self.lam, self.U, self.s, self.chunk = lam, op.factor, op.scale, solver.chunk_size
         t = row_sq_norms(self.U, chunk_rows=self.chunk)
         self.t = t
-        self.w = self.s / (lam + (op.n_rows * self.s) * t)  # s·D_ii
+        self.w = datainf_weights(t, lam, self.s, op.n_rows)  # s·D_ii
         cert = datainf_certificates(self.U, lam, scale=self.s, full=solver.certify, sq_norms=t)
         self.bound = cert["bound"]
         self.info["certificates"] = cert
@@ -125,10 +142,9 @@ class DataInfInverse(Inverse):
         n = int(U.shape[0])
         acc = None
         for sl in row_chunks(n, rows_per_chunk(int(B.shape[1]), self.chunk)):
-            Uc = U[sl, :]
-            term = Uc.T @ (w[sl, None] * (Uc @ B))
+            term = datainf_partial(U[sl, :], w[sl], B)
             acc = term if acc is None else acc + term
-        return Outcome(x=(B - acc) / self.lam)
+        return Outcome(x=datainf_finish(B, acc, self.lam))
 
     def _verify(self, out, chk):
         return Status.SUCCESS, {"approximation_bound": self.bound * chk.b}
