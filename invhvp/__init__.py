@@ -9,7 +9,7 @@ Flat public API::
     inv @ b, inv.solve(B), inv.quad(T)                        # apply many times
 """
 
-from . import bounds, distributed, errors, estimators
+from . import bounds, distributed, errors, estimators, interop
 from .damping import default_damping
 from .errors import ConvergenceError
 from .estimators import EigEstimate, TraceEstimate, lambda_max, trace
@@ -73,6 +73,7 @@ __all__ = [
     "StoreFormatError",
     "fingerprint_module",
     "distributed",
+    "interop",
 ]
 
 

@@ -15,13 +15,13 @@ __all__ = ["inverse", "solve", "choose_solver", "as_operator"]
 
 
 def as_operator(operator) -> Operator:
-    """``operator`` as an invhvp operator, or a DTypeError that says how to wrap it."""
+    """``operator`` as an invhvp operator: scipy LinearOperators, sparse matrices and 2-D arrays
+    are wrapped (:func:`invhvp.interop.from_scipy`); anything else is a DTypeError."""
     if isinstance(operator, Operator):
         return operator
-    raise DTypeError(
-        f"operator: expected an invhvp operator (Dense, LowRankPlusIdentity, BlockDiagonal, "
-        f"MatrixFree), got {type(operator).__name__}; wrap a matrix with invhvp.Dense(matrix)"
-    )
+    from ..interop import from_scipy
+
+    return from_scipy(operator)
 
 
 def choose_solver(operator) -> tuple[Solver, str]:
@@ -44,7 +44,7 @@ def inverse(operator, solver: Solver | None = None, *, damping=0.0, on_failure: 
 
     Parameters
     ----------
-    operator : invhvp operator
+    operator : invhvp operator, scipy LinearOperator, scipy sparse matrix or 2-D array
     solver : Solver, optional
         ``Exact()``, ``CG(...)``, ``DataInf()``, ``LiSSA(...)``, ``Identity()``; ``None`` chooses
         automatically (:func:`choose_solver`; the reason is in ``inv.info["auto"]``).
@@ -139,8 +139,9 @@ def solve(operator, rhs, solver: Solver | None = None, *, damping=0.0, on_failur
 
     Parameters
     ----------
-    operator : invhvp operator
-        ``Dense``, ``BlockDiagonal``, ``LowRankPlusIdentity``, ``MatrixFree`` (or a subclass).
+    operator : invhvp operator, scipy LinearOperator, scipy sparse matrix or 2-D array
+        ``Dense``, ``BlockDiagonal``, ``LowRankPlusIdentity``, ``MatrixFree`` (or a subclass);
+        other inputs are wrapped by :func:`invhvp.interop.from_scipy` (taken as PSD).
     rhs : array, shape (d,) or (d, k)
         numpy array or torch tensor of the operator's array library, dtype and device.
     solver : Solver, optional
