@@ -225,6 +225,10 @@ def test_spectral_certificate_bounds_and_is_sharp(seed, n, d, sigma, log_f, corr
         assert c.value <= 3.0 * true + noise
     if n == 1:  # one rank-one term: DataInf is exact and so is the certificate
         assert c.value <= noise
+    # value is the maximum over y ∈ [0, μ̄] of (1/λ)(1 − max(ν, y/(λ + t_max))) − 1/(λ + y)
+    y = np.concatenate([np.linspace(0.0, c.mu_bar, 20001), c.mu_bar * np.logspace(-12, 0, 4001)])
+    psi = (1 - np.maximum(c.nu_lower, y / (lam + c.t_max))) / lam - 1 / (lam + y)
+    assert max(psi.max(), 0.0) <= c.value <= max(psi.max(), 0.0) * (1 + 1e-4) + 64 * EPS / lam
     # the chain value <= Weyl form <= 1/λ − 1/(λ + μ̄)
     assert c.value <= c.weyl * (1 + 1e-12)
     assert c.weyl <= (1 / lam - 1 / (lam + c.mu_bar)) * (1 + 1e-12) + 64 * EPS / lam
@@ -273,6 +277,8 @@ def test_spectral_certificate_rounding_allowance_against_exact_arithmetic():
         E = R - Sbar**-1
         err = max(abs(v) for v in mpmath.eigsy((E + E.T) / 2, eigvals_only=True))
         assert c.value >= err
+        if trial % 2:  # attained: orthogonal rows of equal norm
+            assert c.value <= err * (1 + 1e-9) + 1e-12 / lam
         if d <= n:  # ν <= λ_min(U ᵀDU/n) on the whole space (U has full column rank here)
             M = mpmath.zeros(d, d)
             for i in range(n):
@@ -319,6 +325,11 @@ def test_spectral_lanczos_unconverged_is_still_an_upper_bound(steps):
     assert c.n_matvec == steps and not c.converged
     assert c.mu_lower < mu * (1 - 1e-3)  # the Ritz value really is short of λ_max
     assert mu <= c.mu_bar <= np.trace(G) * (1 + 1e-12)
+    # at large damping the certificate grows with μ̄: a Ritz value in its place would undercut
+    lam = 10.0 * np.trace(G) / 50
+    c = bounds.datainf_spectral_certificate(U, lam, method="lanczos", lanczos_steps=steps)
+    true, noise, _, _ = dense_true_error(U, lam)
+    assert true <= c.value + noise
 
 
 def test_spectral_trace_path_and_certificates_dict():
