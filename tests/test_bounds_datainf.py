@@ -226,9 +226,12 @@ def test_spectral_certificate_bounds_and_is_sharp(seed, n, d, sigma, log_f, corr
     if n == 1:  # one rank-one term: DataInf is exact and so is the certificate
         assert c.value <= noise
     # value is the maximum over y ∈ [0, μ̄] of (1/λ)(1 − max(ν, y/(λ + t_max))) − 1/(λ + y)
-    y = np.concatenate([np.linspace(0.0, c.mu_bar, 20001), c.mu_bar * np.logspace(-12, 0, 4001)])
-    psi = (1 - np.maximum(c.nu_lower, y / (lam + c.t_max))) / lam - 1 / (lam + y)
-    assert max(psi.max(), 0.0) <= c.value <= max(psi.max(), 0.0) * (1 + 1e-4) + 64 * EPS / lam
+    # (a grid plus the kink y = ν(λ + t_max) and the stationary point y = sqrt(λ(λ + t_max)) − λ)
+    kinks = [c.nu_lower * (lam + c.t_max), np.sqrt(lam * (lam + c.t_max)) - lam]
+    y = np.concatenate([np.linspace(0.0, c.mu_bar, 2001), c.mu_bar * np.logspace(-12, 0, 401)])
+    y = np.concatenate([y, np.clip(kinks, 0.0, c.mu_bar)])
+    psi = max(float(np.max((1 - np.maximum(c.nu_lower, y / (lam + c.t_max))) / lam - 1 / (lam + y))), 0.0)
+    assert psi - 8 * EPS / lam <= c.value <= psi * (1 + 1e-9) + 64 * EPS / lam
     # the chain value <= Weyl form <= 1/λ − 1/(λ + μ̄)
     assert c.value <= c.weyl * (1 + 1e-12)
     assert c.weyl <= (1 / lam - 1 / (lam + c.mu_bar)) * (1 + 1e-12) + 64 * EPS / lam
