@@ -396,3 +396,21 @@ def test_spectral_errors():
         bounds.datainf_spectral_certificate(U, 1.0, rtol=0.0)
     with pytest.raises(InputError, match="scale"):
         bounds.datainf_spectral_certificate(U, 1.0, scale=-1.0)
+
+
+def test_spectral_only_small_arrays_reach_the_host(monkeypatch):
+    """Torch factors: only scalars and k×k Lanczos matrices are copied to the host."""
+    import invhvp._backend as Bk
+
+    seen = []
+    real = Bk.to_host
+
+    def spy(x, dtype=None):
+        seen.append(int(np.prod(tuple(x.shape))))
+        return real(x, dtype)
+
+    monkeypatch.setattr(Bk, "to_host", spy)
+    U = torch.from_numpy(decaying(3, 40, 500))
+    for method in ("gram", "lanczos", "trace"):
+        bounds.datainf_spectral_certificate(U, 0.1, method=method, lanczos_steps=8)
+    assert seen and max(seen) <= 8 * 8
