@@ -1,4 +1,4 @@
-"""DataInf certificates (THEORY.md §4) against dense references built here."""
+"""DataInf certificates (docs/theory.md §4) against dense references built here."""
 
 import numpy as np
 import pytest

@@ -11,7 +11,7 @@ from .plots import _finite, make_plots
 
 __all__ = ["write_table", "format_table", "make_plots", "write_report", "PUBLISHED"]
 
-#: What the papers report (THEORY.md §7): printed beside our numbers, never used as targets.
+#: What the papers report (docs/theory.md §12): printed beside our numbers, never used as targets.
 PUBLISHED = [
     (
         "DataInf Fig. 1 (GLUE-MRPC, LoRA rank 1, RoBERTa)",
@@ -32,7 +32,7 @@ PUBLISHED = [
         "λ_max; e.g. λ = 5: ResNet-18 η = 0.003, T = 150, B = 100",
     ),
     (
-        "THEORY.md §7 (MiniLM-L6, rank 8, n = 2000)",
+        "docs/theory.md §12 (MiniLM-L6, rank 8, n = 2000)",
         "DataInf ≈ 0.25 correlation with exact; "
         "exact ≈ 7× DataInf's arithmetic; AUC DataInf 0.90, exact 0.80",
     ),
@@ -134,7 +134,7 @@ def write_report(
     L.append(
         "**Sign convention.** Influence values are `I(z_t, z_i) = − Σ_l g_{t,l}ᵀ (G_l + λ_l I)⁻¹ g_{i,l}`: "
         "positive means up-weighting training point `z_i` raises the test loss, i.e. the point is "
-        "*harmful* (DataInf's convention, THEORY.md §1). Mislabeled points should score high. "
+        "*harmful* (DataInf's convention, docs/theory.md §1). Mislabeled points should score high. "
         "The score of a training point is its influence averaged over the clean test points; "
         "damping is `λ_l = 0.1 · tr(G_l)/d_l` per block.\n"
     )
@@ -170,7 +170,7 @@ def write_report(
             worst[key] = max(worst.get(key, 0.0), r["lambda_max"] + r["damping"])
         L.append(
             "A fixed LiSSA step η = 1/scale converges only if η ≤ 1/(λ_max + λ) on every block "
-            "(THEORY.md §5), i.e. scale ≥ max_l (λ_max,l + λ_l), and a batch of 1 must also pass "
+            "(docs/theory.md §5), i.e. scale ≥ max_l (λ_max,l + λ_l), and a batch of 1 must also pass "
             "the variance threshold. Here max_l (λ_max,l + λ_l) = "
             + ", ".join(f"{_fmt(v)} ({s} rank {k})" for (s, k), v in sorted(worst.items()))
             + ".\n"
