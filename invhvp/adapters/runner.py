@@ -1,0 +1,199 @@
+"""Drives an engine over chunks: automatic engine choice and fallback, self-checks, chunk sizes.
+
+:func:`compute_gradients` hands every finished chunk (a list of ``(k, d_l)`` block tensors)
+to a *sink* with an ``append(chunks)`` method (:class:`MemorySink` by default); an on-disk
+store with the same method can take its place without touching the engines.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .batches import _slice, iter_batches, sample_signature, total_samples
+from .errors import EngineError
+from .hooks_engine import HooksEngine, plan_hooks
+from .probe import bytes_per_sample, check_losses, chunk_rows, close, probe_samples
+from .selection import model_device
+from .vmap_engine import VmapEngine, call_loss
+
+__all__ = ["compute_gradients"]
+
+#: samples compared with a batched forward when checking the vmap engine for coupling
+_COUPLING_SAMPLES = 32
+
+
+class _Engines:
+    """The engine order (auto: hooks, then vmap), lazy construction, checks and fallback."""
+
+    def __init__(self, model, loss_fn, chosen, engine: str, check: bool, noisy: bool):
+        self.model, self.loss_fn, self.chosen = model, loss_fn, chosen
+        self.noisy = noisy
+        self.check = check and not noisy  # with active dropout the references are random
+        self.layers, reason = plan_hooks(model, chosen)
+        if engine == "hooks" and reason:
+            raise EngineError(
+                "engine: 'hooks' needs every selected parameter to be the weight or bias of an nn.Linear "
+                f"(such as peft's LoRA A/B) or a transformers Conv1D module, but {reason}. Use "
+                "engine='vmap' or 'auto', or select other parameters with params="
+            )
+        if engine == "auto":
+            self.order = ["hooks", "vmap"] if reason is None else ["vmap"]
+        else:
+            self.order = [engine]
+        self.hooks_possible = reason is None
+        self.pos = 0
+        self.built: dict = {}
+        self.checked: set = set()
+        self.fallback: str | None = None
+        self.used: list[str] = []
+
+    @property
+    def current(self) -> str:
+        return self.order[self.pos]
+
+    def needs_check(self) -> bool:
+        return self.check and self.current not in self.checked
+
+    def _get(self, name):
+        if name not in self.built:
+            if name == "hooks":
+                self.built[name] = HooksEngine(self.model, self.loss_fn, self.chosen, self.layers)
+            else:
+                self.built[name] = VmapEngine(
+                    self.model, self.loss_fn, self.chosen, self.noisy, hooks_possible=self.hooks_possible
+                )
+        return self.built[name]
+
+    def probe(self, batch, size: int, *, backward: bool):
+        """The reference run at the start of ``batch`` that suits the current engine."""
+        if self.current == "hooks":  # one sample: cheap next to the chunk, and a gradient reference
+            return probe_samples(self.model, self.loss_fn, self.chosen, batch, 0, 1, backward=backward)
+        # vmap: a few samples batched, the reference for the vmapped (one-sample) losses
+        m = min(size, _COUPLING_SAMPLES)
+        return probe_samples(self.model, self.loss_fn, self.chosen, batch, 0, m, backward=False)
+
+    def run(self, chunk, k: int, ref=None):
+        """``(grads, losses)`` of one chunk, falling back to the next engine if one cannot run.
+
+        ``ref``: a probe of the chunk's first samples, reused by the self-check if it fits.
+        """
+        while True:
+            name = self.current
+            try:
+                grads, losses = self._get(name)(chunk, k)
+                if self.needs_check():
+                    self._self_check(name, chunk, k, grads, losses, ref)
+                    self.checked.add(name)
+            except EngineError as exc:
+                if self.pos + 1 < len(self.order):
+                    self.fallback = f"{name} engine: {exc}"
+                    self.pos += 1
+                    continue
+                if self.fallback:
+                    raise EngineError(f"{exc} (the {self.fallback} failed before)") from exc
+                raise
+            if not self.used or self.used[-1] != name:
+                self.used.append(name)
+            return grads, losses
+
+    def _self_check(self, name, chunk, k, grads, losses, ref):
+        """Compare with independent plain-autograd runs; raise on coupling or mismatch."""
+        if name == "vmap":  # per-sample (vmapped) losses against a batched forward
+            m = min(k, _COUPLING_SAMPLES)
+            if ref is None or ref.grads is not None or ref.stop != m:
+                ref = probe_samples(self.model, self.loss_fn, self.chosen, chunk, 0, m, backward=False)
+            check_losses(ref.losses, losses[:m])
+            return
+        # hooks: batched loss and gradient row of sample 0 against sample 0 taken alone (a wrong
+        # batch axis, a weight also used outside its module or coupling all show up in row 0)
+        if ref is None or ref.grads is None or ref.stop != 1:
+            ref = probe_samples(self.model, self.loss_fn, self.chosen, chunk, 0, 1, backward=True)
+        check_losses(losses[:1], ref.losses)
+        for n, g in grads.items():
+            ok, diff = close(g[0], ref.grads[n])
+            if not ok:
+                raise EngineError(
+                    f"engine: the hooks engine's gradient of parameter {n!r} for sample 0 differs from "
+                    f"autograd on that sample alone (max difference {diff:.3g}): the parameter may be "
+                    "used outside its module's forward (tied weights, F.linear on module.weight) or "
+                    "the module may not see batch-first inputs. Use engine='vmap'"
+                )
+
+
+def compute_gradients(
+    model,
+    loss_fn,
+    data,
+    chosen: dict,
+    groups: list,
+    sink,
+    *,
+    engine: str,
+    chunk_size: int | None,
+    memory_budget: int,
+    dtype: torch.dtype,
+    progress: bool,
+    check: bool,
+    noisy: bool,
+):
+    """Run the engines over ``data``, append each chunk's blocks to ``sink``.
+
+    Returns
+    -------
+    losses : torch.Tensor
+        ``(n,)`` per-sample losses, in ``dtype``.
+    info : dict
+        ``engine`` (the engine(s) used, e.g. ``"hooks"``), ``chunk_sizes``, ``memory_budget``,
+        ``bytes_per_sample`` (the estimate, when chunks were sized from the budget) and
+        ``fallback`` (why auto left the hooks engine, if it did).
+    """
+    from tqdm.auto import tqdm
+
+    device = model_device(chosen)
+    engines = _Engines(model, loss_fn, chosen, engine, check, noisy)
+    d = sum(p.numel() for p in chosen.values())
+    itemsize = next(iter(chosen.values())).element_size()
+    per_sample: dict = {}  # sample signature -> estimated bytes
+    sizes_used: set = set()
+    losses = []
+    with tqdm(
+        total=total_samples(data), disable=not progress, unit="sample", desc="per-sample gradients"
+    ) as bar:
+        for batch, size in iter_batches(data, device):
+            ref = None
+            if chunk_size is None:
+                sig = sample_signature(batch)
+                if sig not in per_sample:
+                    ref = engines.probe(batch, size, backward=engines.needs_check())
+                    per_sample[sig] = bytes_per_sample(ref.saved_bytes, d, itemsize)
+                rows = chunk_rows(size, per_sample[sig], memory_budget)
+            else:
+                rows = chunk_size
+            for s in range(0, size, rows):
+                k = min(s + rows, size) - s
+                chunk = batch if k == size else _slice(batch, s, s + k)
+                grads, loss = engines.run(chunk, k, ref if s == 0 else None)
+                sink.append(
+                    [
+                        torch.cat([grads[n].reshape(k, -1) for n in pn], dim=1).to(dtype)
+                        if len(pn) > 1
+                        else grads[pn[0]].reshape(k, -1).to(dtype)
+                        for _, pn in groups
+                    ]
+                )
+                losses.append(loss.detach().to(dtype))
+                sizes_used.add(k)
+                bar.update(k)
+    if not losses:
+        from ..errors import InputError
+
+        raise InputError("data: yielded no batch")
+    info = {
+        "engine": "+".join(engines.used),
+        "chunk_sizes": sorted(sizes_used),
+        "memory_budget": memory_budget if chunk_size is None else None,
+        "bytes_per_sample": max(per_sample.values()) if per_sample else None,
+    }
+    if engines.fallback:
+        info["fallback"] = engines.fallback
+    return torch.cat(losses), info
