@@ -7,10 +7,11 @@ the input, ``δ_{i,t} = ∂L/∂y_{i,t}`` the output gradient of the summed loss
 .. math:: \nabla_W \ell_i = \sum_t \delta_{i,t} a_{i,t}^T, \qquad \nabla_b \ell_i = \sum_t \delta_{i,t}
 
 because ``ℓ_j`` does not depend on sample ``i``'s tokens for ``j ≠ i`` (no cross-sample
-coupling).  A forward hook on each selected module records ``a`` and adds a zero "probe"
-leaf to its output; ``torch.autograd.grad(L, probes)`` returns every ``δ`` in one backward
-pass without forming any weight gradient; one ``bmm`` per call forms the ``k`` per-sample
-gradients.  No ``vmap``: the model runs exactly as the user wrote it (data-dependent masks,
+coupling).  A forward hook on each selected module records ``a`` and the output ``y``;
+``torch.autograd.grad(L, outputs)`` returns every ``δ`` in one backward pass without forming
+any weight gradient; one ``bmm`` per call forms the ``k`` per-sample gradients.  If the
+model modifies an output in place afterwards (its version counter moves), the chunk is
+rerun with a zero "probe" leaf added to each output, whose gradient is ``δ`` regardless.  No ``vmap``: the model runs exactly as the user wrote it (data-dependent masks,
 fused attention kernels).  Masked (padding) tokens get ``δ = 0`` and contribute nothing.
 """
 
@@ -89,6 +90,7 @@ class HooksEngine:
         self.loss_fn = loss_fn
         self.chosen = chosen
         self.layers = layers
+        self.probes = False
 
     def _hook(self, i: int, records: list, k: int):
         layer = self.layers[i]
@@ -106,32 +108,54 @@ class HooksEngine:
                     f"hooks engine needs the {k} samples of the chunk in the leading dimension (batch-first "
                     "inputs, not flattened (batch·tokens, features)). Use engine='vmap'"
                 )
-            probe = torch.zeros_like(out, requires_grad=True)
             a = a.detach()
-            records.append((i, a, a._version, probe))
-            return out + probe
+            if self.probes:  # a zero leaf added to the output: its gradient is δ whatever follows
+                probe = torch.zeros_like(out, requires_grad=True)
+                records.append((i, a, a._version, probe, None))
+                return out + probe
+            if not out.requires_grad:  # nothing before it needs a gradient: make it a leaf
+                out = out.detach().requires_grad_(True)
+            # δ is the gradient of this very tensor, unless something modifies it in place later
+            # (checked after the forward through its version counter; then probes are used)
+            records.append((i, a, a._version, out, out._version))
+            return out
 
         return hook
 
-    def __call__(self, chunk, k: int):
-        """``(grads, losses)``: ``name -> (k, *shape)`` tensors and the ``(k,)`` losses."""
+    def __call__(self, chunk, k: int, summed: bool = False):
+        """``(grads, losses)``: ``name -> (k, *shape)`` tensors and the ``(k,)`` losses.
+
+        ``summed=True`` also returns the ordinary gradient of the summed loss (autograd
+        through the parameters themselves, in the same backward pass) as a third item:
+        the check that every path from a parameter to the loss goes through its module.
+        """
         records: list = []
         handles = [
             layer.module.register_forward_hook(self._hook(i, records, k), with_kwargs=True)
             for i, layer in enumerate(self.layers)
         ]
+        frozen = [p for p in self.chosen.values() if not p.requires_grad] if summed else []
         try:
+            for p in frozen:
+                p.requires_grad_(True)
             with torch.enable_grad():
                 losses = call_loss(self.loss_fn, self.model, None, chunk, k)
         finally:
             for h in handles:
                 h.remove()
-        deltas = [None] * len(records)
-        if records and losses.requires_grad:
+            for p in frozen:
+                p.requires_grad_(False)
+        if not self.probes and any(r[4] != r[3]._version for r in records):
+            self.probes = True  # an output was modified in place: rerun with probes
+            return self(chunk, k, summed)
+        probes = [r[3] for r in records]
+        params = list(self.chosen.values()) if summed else []
+        deltas = [None] * (len(probes) + len(params))
+        if (probes or params) and losses.requires_grad:
             with torch.enable_grad():
-                deltas = torch.autograd.grad(losses.sum(), [r[3] for r in records], allow_unused=True)
+                deltas = torch.autograd.grad(losses.sum(), probes + params, allow_unused=True)
         grads: dict[str, torch.Tensor] = {}
-        for (i, a, version, _), d in zip(records, deltas):
+        for (i, a, version, _, _), d in zip(records, deltas):
             if d is None:
                 continue
             layer = self.layers[i]
@@ -154,7 +178,13 @@ class HooksEngine:
         for n, p in self.chosen.items():  # modules that did not run (or do not reach the loss)
             if n not in grads:
                 grads[n] = torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device)
-        return grads, losses.detach()
+        if not summed:
+            return grads, losses.detach()
+        total = {
+            n: torch.zeros_like(p) if g is None else g
+            for (n, p), g in zip(self.chosen.items(), deltas[len(probes) :])
+        }
+        return grads, losses.detach(), total
 
 
 def _accumulate(grads: dict, name: str, g: torch.Tensor) -> None:

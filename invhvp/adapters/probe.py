@@ -1,10 +1,11 @@
 """Reference runs on a few samples: the engines' self-checks and the memory estimate for chunks.
 
-A *probe* runs ``loss_fn`` on a few samples with plain autograd (no vmap, no hooks), while
-counting the bytes of the tensors autograd saves for the backward pass (saved-tensor hooks;
-parameter and buffer storages excluded).  On one sample, its gradient is an independent
-reference for the hooks engine's row of that sample; on a few, its losses are the batched
-reference for the vmap engine's per-sample losses; its byte count sizes the chunks.
+A *probe* runs ``loss_fn`` forward on a few samples taken alone (no vmap, no hooks
+engine), counting the bytes of the tensors autograd saves for the backward pass
+(saved-tensor hooks; parameter and buffer storages excluded): that sizes the chunks.  Its
+losses are the reference for the engines' losses of the same samples (a loss that mixes
+the samples of a batch gives different values), and while it runs, the modules the hooks
+engine will use are checked to see the samples in their leading dimension.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import SampleCouplingError
+from .errors import EngineError, SampleCouplingError
 from .vmap_engine import call_loss
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "Probe", "chunk_rows", "probe_samples"]
@@ -27,13 +28,28 @@ class Probe:
     start: int  # the samples batch[start:stop] were run
     stop: int
     losses: torch.Tensor  # (stop - start,), detached
-    grads: dict | None  # one sample with backward: name -> tensor of the parameter's shape
     saved_bytes: int  # activations autograd saved, per sample
 
 
-def probe_samples(model, loss_fn, chosen: dict, batch, start: int, stop: int, *, backward: bool) -> Probe:
-    """Losses, saved-activation bytes per sample and (one sample, ``backward``) the gradient of
-    ``batch[start:stop]`` run alone with plain autograd."""
+def _layout_hook(name: str, m: int):
+    def hook(module, args, kwargs, out):
+        a = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(a, torch.Tensor) and (a.ndim < 2 or a.shape[0] != m):
+            raise EngineError(
+                f"engine: module {name!r} received an input of shape {tuple(a.shape)} for a batch of {m} "
+                "sample(s); the hooks engine needs the samples in the leading dimension (batch-first "
+                "inputs, not flattened (batch·tokens, features)). Use engine='vmap'"
+            )
+
+    return hook
+
+
+def probe_samples(model, loss_fn, chosen: dict, batch, start: int, stop: int, *, layers=()) -> Probe:
+    """Losses and saved-activation bytes per sample of ``batch[start:stop]`` run alone.
+
+    ``layers``: the hooks engine's layers, whose inputs must have ``stop − start`` rows
+    (:class:`EngineError` otherwise).
+    """
     from .batches import _tree_map
 
     m = stop - start
@@ -59,17 +75,14 @@ def probe_samples(model, loss_fn, chosen: dict, batch, start: int, stop: int, *,
             total[0] += st.nbytes()
         return t
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        losses = call_loss(loss_fn, model, params, sample, m)
-    grads = None
-    if backward and m == 1:
-        names = list(params)
-        if losses.requires_grad:
-            g = torch.autograd.grad(losses[0], [params[n] for n in names], allow_unused=True)
-        else:
-            g = [None] * len(names)
-        grads = {n: torch.zeros_like(params[n]) if x is None else x for n, x in zip(names, g)}
-    return Probe(start, stop, losses.detach(), grads, -(-total[0] // m))
+    handles = [lay.module.register_forward_hook(_layout_hook(lay.name, m), with_kwargs=True) for lay in layers]
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            losses = call_loss(loss_fn, model, params, sample, m)
+    finally:
+        for h in handles:
+            h.remove()
+    return Probe(start, stop, losses.detach(), -(-total[0] // m))
 
 
 def bytes_per_sample(saved_bytes: int, d: int, itemsize: int) -> int:

@@ -19,7 +19,7 @@ from .vmap_engine import VmapEngine, call_loss
 __all__ = ["compute_gradients"]
 
 #: samples compared with a batched forward when checking the vmap engine for coupling
-_COUPLING_SAMPLES = 32
+_COUPLING_SAMPLES = 8
 
 
 class _Engines:
@@ -64,13 +64,19 @@ class _Engines:
                 )
         return self.built[name]
 
-    def probe(self, batch, size: int, *, backward: bool):
+    def probe(self, batch, size: int):
         """The reference run at the start of ``batch`` that suits the current engine."""
-        if self.current == "hooks":  # one sample: cheap next to the chunk, and a gradient reference
-            return probe_samples(self.model, self.loss_fn, self.chosen, batch, 0, 1, backward=backward)
+        if self.current == "hooks":  # one sample: cheap next to the chunk; checks the layout
+            try:
+                return probe_samples(self.model, self.loss_fn, self.chosen, batch, 0, 1, layers=self.layers)
+            except EngineError as exc:
+                if self.pos + 1 >= len(self.order):
+                    raise
+                self.fallback = f"hooks engine: {str(exc).removeprefix('engine: ')}"
+                self.pos += 1
         # vmap: a few samples batched, the reference for the vmapped (one-sample) losses
         m = min(size, _COUPLING_SAMPLES)
-        return probe_samples(self.model, self.loss_fn, self.chosen, batch, 0, m, backward=False)
+        return probe_samples(self.model, self.loss_fn, self.chosen, batch, 0, m)
 
     def run(self, chunk, k: int, ref=None):
         """``(grads, losses)`` of one chunk, falling back to the next engine if one cannot run.
@@ -80,13 +86,19 @@ class _Engines:
         while True:
             name = self.current
             try:
-                grads, losses = self._get(name)(chunk, k)
-                if self.needs_check():
-                    self._self_check(name, chunk, k, grads, losses, ref)
+                check = self.needs_check()
+                if check and name == "hooks":
+                    grads, losses, total = self._get(name)(chunk, k, summed=True)
+                    self._check_hooks(chunk, k, grads, losses, total, ref)
+                else:
+                    grads, losses = self._get(name)(chunk, k)
+                    if check:
+                        self._check_vmap(chunk, k, losses, ref)
+                if check:
                     self.checked.add(name)
             except EngineError as exc:
                 if self.pos + 1 < len(self.order):
-                    self.fallback = f"{name} engine: {exc}"
+                    self.fallback = f"{name} engine: {str(exc).removeprefix('engine: ')}"
                     self.pos += 1
                     continue
                 if self.fallback:
@@ -96,27 +108,28 @@ class _Engines:
                 self.used.append(name)
             return grads, losses
 
-    def _self_check(self, name, chunk, k, grads, losses, ref):
-        """Compare with independent plain-autograd runs; raise on coupling or mismatch."""
-        if name == "vmap":  # per-sample (vmapped) losses against a batched forward
-            m = min(k, _COUPLING_SAMPLES)
-            if ref is None or ref.grads is not None or ref.stop != m:
-                ref = probe_samples(self.model, self.loss_fn, self.chosen, chunk, 0, m, backward=False)
-            check_losses(ref.losses, losses[:m])
-            return
-        # hooks: batched loss and gradient row of sample 0 against sample 0 taken alone (a wrong
-        # batch axis, a weight also used outside its module or coupling all show up in row 0)
-        if ref is None or ref.grads is None or ref.stop != 1:
-            ref = probe_samples(self.model, self.loss_fn, self.chosen, chunk, 0, 1, backward=True)
+    def _check_vmap(self, chunk, k, losses, ref):
+        """The vmapped (one-sample) losses against a batched forward: coupling shows up."""
+        m = min(k, _COUPLING_SAMPLES)
+        if ref is None or ref.stop != m:
+            ref = probe_samples(self.model, self.loss_fn, self.chosen, chunk, 0, m)
+        check_losses(ref.losses, losses[:m])
+
+    def _check_hooks(self, chunk, k, grads, losses, total, ref):
+        """Sample 0's batched loss against sample 0 alone (coupling; batch-first inputs checked
+        by the probe), and the per-sample gradients' sum against the ordinary gradient of the
+        summed loss (a parameter also used outside its module's forward)."""
+        if ref is None or ref.stop != 1:
+            ref = probe_samples(self.model, self.loss_fn, self.chosen, chunk, 0, 1, layers=self.layers)
         check_losses(losses[:1], ref.losses)
         for n, g in grads.items():
-            ok, diff = close(g[0], ref.grads[n])
+            ok, diff = close(g.sum(0), total[n])
             if not ok:
                 raise EngineError(
-                    f"engine: the hooks engine's gradient of parameter {n!r} for sample 0 differs from "
-                    f"autograd on that sample alone (max difference {diff:.3g}): the parameter may be "
-                    "used outside its module's forward (tied weights, F.linear on module.weight) or "
-                    "the module may not see batch-first inputs. Use engine='vmap'"
+                    f"engine: the hooks engine's per-sample gradients of parameter {n!r} do not add up to "
+                    f"the gradient of the summed loss (max difference {diff:.3g}): the parameter is also "
+                    "used outside its module's forward (tied weights, F.linear on module.weight). Use "
+                    "engine='vmap'"
                 )
 
 
@@ -164,7 +177,7 @@ def compute_gradients(
             if chunk_size is None:
                 sig = sample_signature(batch)
                 if sig not in per_sample:
-                    ref = engines.probe(batch, size, backward=engines.needs_check())
+                    ref = engines.probe(batch, size)
                     per_sample[sig] = bytes_per_sample(ref.saved_bytes, d, itemsize)
                 rows = chunk_rows(size, per_sample[sig], memory_budget)
             else:
