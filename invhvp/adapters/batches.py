@@ -176,8 +176,11 @@ def iter_batches(data, device, name: str = "data"):
 def total_samples(data) -> int | None:
     """Number of samples when cheaply known (a DataLoader's dataset, a single batch), else None."""
     if _is_one_batch(data):
-        leaves = _leaves(_normalize(data)) if not isinstance(data, torch.Tensor) else [data]
-        return int(leaves[0].shape[0]) if leaves and leaves[0].ndim else None
+        first = data if isinstance(data, torch.Tensor) else next(
+            (x for x in (data.values() if isinstance(data, Mapping) else data) if isinstance(x, torch.Tensor)),
+            None,
+        )
+        return int(first.shape[0]) if first is not None and first.ndim else None
     ds = getattr(data, "dataset", None)
     if ds is not None:
         try:

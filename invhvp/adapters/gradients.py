@@ -10,6 +10,7 @@ modules import from here are re-exported below.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +59,7 @@ def per_sample_gradients(
     engine: str = "auto",
     chunk_size: int | None = None,
     memory_budget: int | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     progress: bool = False,
     check_per_sample: bool = True,
 ) -> BlockGradients:
@@ -115,8 +116,9 @@ def per_sample_gradients(
     memory_budget : int or None, default None
         Bytes of working memory per chunk for ``chunk_size=None``;
         ``None`` = :data:`DEFAULT_MEMORY_BUDGET` (1 GiB).
-    dtype : torch.dtype, default torch.float32
-        Storage dtype of the gradients (computation is in the model's dtype).
+    dtype : torch.float32, torch.float64 or None, default None
+        Storage dtype of the gradients; ``None`` = the selected parameters' dtype
+        (computation is always in the model's dtype).
     progress : bool, default False
         Show a tqdm progress bar over samples.
     check_per_sample : bool, default True
@@ -167,8 +169,10 @@ def per_sample_gradients(
         memory_budget = DEFAULT_MEMORY_BUDGET
     elif isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
         raise InputError(f"memory_budget: expected a positive number of bytes (int), got {memory_budget!r}")
-    if dtype not in (torch.float32, torch.float64):
-        raise DTypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype!r}")
+    if dtype is None:
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in chosen.values()))
+    elif dtype not in (torch.float32, torch.float64):
+        raise DTypeError(f"dtype: expected torch.float32, torch.float64 or None, got {dtype!r}")
     if not callable(loss_fn):
         raise InputError(f"loss_fn: expected a callable loss_fn(model, batch), got {type(loss_fn).__name__}")
     refuse_batchnorm_in_train_mode(model)

@@ -125,9 +125,10 @@ class HooksEngine:
     def __call__(self, chunk, k: int, summed: bool = False):
         """``(grads, losses)``: ``name -> (k, *shape)`` tensors and the ``(k,)`` losses.
 
-        ``summed=True`` also returns the ordinary gradient of the summed loss (autograd
-        through the parameters themselves, in the same backward pass) as a third item:
-        the check that every path from a parameter to the loss goes through its module.
+        ``summed=True`` also returns ``(explained, total)``: ``Σ_{i,t} δ_{i,t} a_{i,t}ᵀ`` over
+        the recorded calls (one matmul per call) and the ordinary gradient of the summed
+        loss (autograd through the parameters themselves, in the same backward pass).  They
+        agree iff every path from a parameter to the loss goes through its module's forward.
         """
         records: list = []
         handles = [
@@ -155,6 +156,7 @@ class HooksEngine:
             with torch.enable_grad():
                 deltas = torch.autograd.grad(losses.sum(), probes + params, allow_unused=True)
         grads: dict[str, torch.Tensor] = {}
+        hsum: dict[str, torch.Tensor] = {}  # summed=True: Σ over all rows of the recorded δ aᵀ
         for (i, a, version, _, _), d in zip(records, deltas):
             if d is None:
                 continue
@@ -175,6 +177,12 @@ class HooksEngine:
                 _accumulate(grads, layer.weight, gw)
             if layer.bias is not None:
                 _accumulate(grads, layer.bias, d3.sum(1))
+            if summed:  # one matmul over all rows: what the recorded calls explain of the gradient
+                a2, d2 = a3.reshape(-1, a3.shape[-1]), d3.reshape(-1, d3.shape[-1])
+                if layer.weight is not None:
+                    _accumulate(hsum, layer.weight, d2.T @ a2 if layer.kind == "linear" else a2.T @ d2)
+                if layer.bias is not None:
+                    _accumulate(hsum, layer.bias, d2.sum(0))
         for n, p in self.chosen.items():  # modules that did not run (or do not reach the loss)
             if n not in grads:
                 grads[n] = torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device)
@@ -184,7 +192,8 @@ class HooksEngine:
             n: torch.zeros_like(p) if g is None else g
             for (n, p), g in zip(self.chosen.items(), deltas[len(probes) :])
         }
-        return grads, losses.detach(), total
+        hsum = {n: hsum.get(n, torch.zeros_like(p)) for n, p in self.chosen.items()}
+        return grads, losses.detach(), (hsum, total)
 
 
 def _accumulate(grads: dict, name: str, g: torch.Tensor) -> None:

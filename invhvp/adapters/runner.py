@@ -117,17 +117,18 @@ class _Engines:
 
     def _check_hooks(self, chunk, k, grads, losses, total, ref):
         """Sample 0's batched loss against sample 0 alone (coupling; batch-first inputs checked
-        by the probe), and the per-sample gradients' sum against the ordinary gradient of the
-        summed loss (a parameter also used outside its module's forward)."""
+        by the probe), and the gradient the recorded calls explain against the ordinary
+        gradient of the summed loss (a parameter also used outside its module's forward)."""
         if ref is None or ref.stop != 1:
             ref = probe_samples(self.model, self.loss_fn, self.chosen, chunk, 0, 1, layers=self.layers)
         check_losses(losses[:1], ref.losses)
-        for n, g in grads.items():
-            ok, diff = close(g.sum(0), total[n])
+        explained, total = total
+        for n in grads:
+            ok, diff = close(explained[n], total[n])
             if not ok:
                 raise EngineError(
-                    f"engine: the hooks engine's per-sample gradients of parameter {n!r} do not add up to "
-                    f"the gradient of the summed loss (max difference {diff:.3g}): the parameter is also "
+                    f"engine: the calls of its module the hooks engine sees do not explain the gradient of "
+                    f"parameter {n!r} (max difference {diff:.3g} from autograd): the parameter is also "
                     "used outside its module's forward (tied weights, F.linear on module.weight). Use "
                     "engine='vmap'"
                 )
@@ -170,7 +171,7 @@ def compute_gradients(
     sizes_used: set = set()
     losses = []
     with tqdm(
-        total=total_samples(data), disable=not progress, unit="sample", desc="per-sample gradients"
+        total=total_samples(data) if progress else None, disable=not progress, unit="sample", desc="per-sample gradients"
     ) as bar:
         for batch, size in iter_batches(data, device):
             ref = None
