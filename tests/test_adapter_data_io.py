@@ -20,7 +20,9 @@ def ce(m, b):
 
 def setup(n=10, dtype=torch.float64):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).to(dtype).eval()
+    model = (
+        torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).to(dtype).eval()
+    )
     g = torch.Generator().manual_seed(0)
     return model, torch.randn(n, 3, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
 
@@ -40,7 +42,9 @@ def test_one_batch_forms(ref):
         g = per_sample_gradients(model, ce, data)
         assert g.n == 10
         torch.testing.assert_close(g.flat(), ref)
-    g = per_sample_gradients(model, lambda m, b: F.cross_entropy(m(b["x"]), b["y"], reduction="none"), {"x": X, "y": y})
+    g = per_sample_gradients(
+        model, lambda m, b: F.cross_entropy(m(b["x"]), b["y"], reduction="none"), {"x": X, "y": y}
+    )
     torch.testing.assert_close(g.flat(), ref)
     # a bare tensor is one batch too (an unsupervised loss)
     g = per_sample_gradients(model, lambda m, x: m(x).logsumexp(-1), X)
@@ -89,7 +93,9 @@ def test_bad_data_raises_typed_errors_naming_data():
         with pytest.raises(BatchError, match=match) as info:
             per_sample_gradients(model, ce, data)
         assert isinstance(info.value, InputError) and isinstance(info.value, DTypeError)
-    with pytest.raises(ShapeError, match=r"data has tensors with different leading sizes \[4, 10\].*ONE batch"):
+    with pytest.raises(
+        ShapeError, match=r"data has tensors with different leading sizes \[4, 10\].*ONE batch"
+    ):
         per_sample_gradients(model, ce, (X, y[:4]))
     with pytest.raises(ShapeError, match=r"data: batch 1 has tensors with different leading sizes"):
         per_sample_gradients(model, ce, [(X, y), (X, y[:4])])
@@ -147,10 +153,10 @@ def test_torch_save_and_weights_only_load(tmp_path):
     torch.testing.assert_close(h.flat(), g.flat(), rtol=0, atol=0)
     # a process that has not imported invhvp.adapters' BlockGradients gets torch's refusal,
     # and one that has loads it (documented in BlockGradients)
-    fresh = "import torch; torch.load({!r}, weights_only=True)".format(str(path))
+    fresh = f"import torch; torch.load({str(path)!r}, weights_only=True)"
     r = subprocess.run([sys.executable, "-c", fresh], capture_output=True, text=True)
     assert r.returncode != 0 and "BlockGradients" in r.stderr
-    ok = "from invhvp.adapters import BlockGradients; import torch; print(torch.load({!r}).n)".format(str(path))
+    ok = f"from invhvp.adapters import BlockGradients; import torch; print(torch.load({str(path)!r}).n)"
     r = subprocess.run([sys.executable, "-c", ok], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "10"

@@ -32,13 +32,23 @@ def autograd_rows(model, loss_fn, batch, names):
     n = (batch[0] if isinstance(batch, tuple) else next(iter(batch.values()))).shape[0]
     rows = []
     for i in range(n):
-        sample = tuple(t[i : i + 1] for t in batch) if isinstance(batch, tuple) else {
-            k: v[i : i + 1] for k, v in batch.items()
-        }
+        sample = (
+            tuple(t[i : i + 1] for t in batch)
+            if isinstance(batch, tuple)
+            else {k: v[i : i + 1] for k, v in batch.items()}
+        )
         with torch.enable_grad():
-            g = torch.autograd.grad(loss_fn(model, sample).sum(), [params[k] for k in names], allow_unused=True)
-        rows.append(torch.cat([torch.zeros(params[k].numel(), dtype=params[k].dtype) if x is None
-                               else x.reshape(-1) for k, x in zip(names, g)]))
+            g = torch.autograd.grad(
+                loss_fn(model, sample).sum(), [params[k] for k in names], allow_unused=True
+            )
+        rows.append(
+            torch.cat(
+                [
+                    torch.zeros(params[k].numel(), dtype=params[k].dtype) if x is None else x.reshape(-1)
+                    for k, x in zip(names, g)
+                ]
+            )
+        )
     return torch.stack(rows)
 
 
@@ -130,7 +140,11 @@ def seq_batch(n=5, T=6, d=4, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     lens = torch.tensor([T, 2, 4, 1, 5, 3, 6, 2][:n])
     mask = (torch.arange(T)[None] < lens[:, None]).to(dtype)
-    return {"x": torch.randn(n, T, d, generator=g, dtype=dtype), "mask": mask, "y": torch.randint(0, 3, (n,), generator=g)}
+    return {
+        "x": torch.randn(n, T, d, generator=g, dtype=dtype),
+        "mask": mask,
+        "y": torch.randint(0, 3, (n,), generator=g),
+    }
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -245,7 +259,9 @@ def test_auto_uses_vmap_for_parameters_hooks_cannot_take():
     X, y = data()
     g = per_sample_gradients(model.eval(), ce, (X, y), dtype=torch.float64)
     assert g.info["engine"] == "vmap" and "fallback" not in g.info
-    assert_rows(g.flat(), autograd_rows(model, ce, (X, y), [n for n, _ in model.named_parameters()]), torch.float64)
+    assert_rows(
+        g.flat(), autograd_rows(model, ce, (X, y), [n for n, _ in model.named_parameters()]), torch.float64
+    )
     with pytest.raises(EngineError, match=r"'1\.weight'.*LayerNorm module '1'.*engine='vmap'"):
         per_sample_gradients(model, ce, (X, y), engine="hooks")
     g = per_sample_gradients(model, ce, (X, y), params=["0.weight", "2.bias"], dtype=torch.float64)
@@ -268,8 +284,11 @@ def test_vmap_failure_names_the_line_the_module_and_the_fix():
     torch.manual_seed(0)
     model = Branchy().double().eval()
     X, y = data()
-    with pytest.raises(EngineError, match=r"(?s)data-dependent.*test_adapter_engines\.py:\d+ in forward.*"
-                       r"if bool\(torch\.isfinite.*module '\(root\)' \(Branchy\).*engine='hooks'"):
+    with pytest.raises(
+        EngineError,
+        match=r"(?s)data-dependent.*test_adapter_engines\.py:\d+ in forward.*"
+        r"if bool\(torch\.isfinite.*module '\(root\)' \(Branchy\).*engine='hooks'",
+    ):
         per_sample_gradients(model, ce, (X, y), engine="vmap", params=["a.weight"])
     # auto takes the hooks engine for a linear weight: the branch is no problem
     g = per_sample_gradients(model, ce, (X, y), params=["a.weight"], dtype=torch.float64)
@@ -341,7 +360,10 @@ def test_chunks_follow_the_memory_budget():
     g = per_sample_gradients(tagger, seq_loss, [short, long_], dtype=torch.float64)
     g_long = per_sample_gradients(tagger, seq_loss, long_, dtype=torch.float64)
     assert g.info["bytes_per_sample"] == g_long.info["bytes_per_sample"]
-    assert g_long.info["bytes_per_sample"] > per_sample_gradients(tagger, seq_loss, short).info["bytes_per_sample"]
+    assert (
+        g_long.info["bytes_per_sample"]
+        > per_sample_gradients(tagger, seq_loss, short).info["bytes_per_sample"]
+    )
 
 
 def test_argument_errors():
@@ -378,11 +400,24 @@ def test_chunks_go_to_the_sink_in_order():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         losses, info = compute_gradients(
-            model, ce, [(X[:7], y[:7]), (X[7:], y[7:])], chosen, groups, sink, engine="auto", chunk_size=4,
-            memory_budget=2**30, dtype=torch.float64, progress=False, check=True, noisy=False,
+            model,
+            ce,
+            [(X[:7], y[:7]), (X[7:], y[7:])],
+            chosen,
+            groups,
+            sink,
+            engine="auto",
+            chunk_size=4,
+            memory_budget=2**30,
+            dtype=torch.float64,
+            progress=False,
+            check=True,
+            noisy=False,
         )
     assert [[tuple(c.shape) for c in call] for call in sink.calls] == [
-        [(4, 20), (4, 18)], [(3, 20), (3, 18)], [(3, 20), (3, 18)]
+        [(4, 20), (4, 18)],
+        [(3, 20), (3, 18)],
+        [(3, 20), (3, 18)],
     ]
     ref = per_sample_gradients(model, ce, (X, y), blocks="module", dtype=torch.float64)
     for b, block in enumerate(ref):

@@ -124,5 +124,7 @@ def test_padding_does_not_contribute(models, data):
 
 def test_vmap_on_the_natural_script_says_where_and_what_to_do(models, data):
     _, _, train, _ = data
-    with pytest.raises(EngineError, match=r"(?s)data-dependent.*masking_utils\.py:\d+.*module '.*bert.*engine='hooks'"):
+    with pytest.raises(
+        EngineError, match=r"(?s)data-dependent.*masking_utils\.py:\d+.*module '.*bert.*engine='hooks'"
+    ):
         per_sample_gradients(models["eager"], natural_loss, train, engine="vmap")

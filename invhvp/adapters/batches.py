@@ -62,9 +62,7 @@ def _check_batch(batch, i: int, name: str, single: bool) -> int:
     def walk(x, path):
         if isinstance(x, torch.Tensor):
             if x.ndim == 0:
-                raise ShapeError(
-                    f"{where} has a 0-d tensor at {path or 'top level'}; need a batch dimension"
-                )
+                raise ShapeError(f"{where} has a 0-d tensor at {path or 'top level'}; need a batch dimension")
             return
         if isinstance(x, Mapping):
             for k, v in x.items():
@@ -176,9 +174,17 @@ def iter_batches(data, device, name: str = "data"):
 def total_samples(data) -> int | None:
     """Number of samples when cheaply known (a DataLoader's dataset, a single batch), else None."""
     if _is_one_batch(data):
-        first = data if isinstance(data, torch.Tensor) else next(
-            (x for x in (data.values() if isinstance(data, Mapping) else data) if isinstance(x, torch.Tensor)),
-            None,
+        first = (
+            data
+            if isinstance(data, torch.Tensor)
+            else next(
+                (
+                    x
+                    for x in (data.values() if isinstance(data, Mapping) else data)
+                    if isinstance(x, torch.Tensor)
+                ),
+                None,
+            )
         )
         return int(first.shape[0]) if first is not None and first.ndim else None
     ds = getattr(data, "dataset", None)

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 
 from ..errors import DTypeError, InputError
-from .batches import _leaves, _slice, _tree_map, iter_batches
+from .batches import _leaves, _slice, _tree_map, iter_batches  # noqa: F401 (used by .operators)
 from .block_gradients import BlockGradients, MemorySink
 from .errors import BatchError, EngineError, SampleCouplingError
 from .probe import DEFAULT_MEMORY_BUDGET
 from .runner import compute_gradients
-from .selection import (
+from .selection import (  # noqa: F401 (model_device, warn_if_dropout: used by .operators)
     TrainModeWarning,
     group_parameters,
     model_device,
@@ -30,7 +30,7 @@ from .selection import (
     select_parameters,
     warn_if_dropout,
 )
-from .vmap_engine import _Functional, call_loss
+from .vmap_engine import _Functional, call_loss  # noqa: F401 (used by .operators)
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -42,9 +42,6 @@ __all__ = [
     "per_sample_gradients",
     "select_parameters",
 ]
-
-# helpers imported by the operators module (kept importable from here)
-_REEXPORTED = (_Functional, _leaves, _slice, _tree_map, call_loss, iter_batches, model_device, warn_if_dropout)
 
 ENGINES = ("auto", "hooks", "vmap")
 

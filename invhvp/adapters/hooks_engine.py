@@ -56,7 +56,7 @@ def plan_hooks(model: torch.nn.Module, chosen: dict) -> tuple[list[_Layer], str 
     """The hooked layers for the selected parameters, or ``([], reason)`` if one is unsupported."""
     owners = {}
     for mname, m in model.named_modules():
-        for pname, p in m.named_parameters(recurse=False):
+        for pname, _ in m.named_parameters(recurse=False):
             full = f"{mname}.{pname}" if mname else pname
             if full in chosen:
                 owners[full] = (mname, m, pname)

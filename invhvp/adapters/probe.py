@@ -75,7 +75,9 @@ def probe_samples(model, loss_fn, chosen: dict, batch, start: int, stop: int, *,
             total[0] += st.nbytes()
         return t
 
-    handles = [lay.module.register_forward_hook(_layout_hook(lay.name, m), with_kwargs=True) for lay in layers]
+    handles = [
+        lay.module.register_forward_hook(_layout_hook(lay.name, m), with_kwargs=True) for lay in layers
+    ]
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             losses = call_loss(loss_fn, model, params, sample, m)

@@ -14,7 +14,7 @@ from .errors import EngineError
 from .hooks_engine import HooksEngine, plan_hooks
 from .probe import bytes_per_sample, check_losses, chunk_rows, close, probe_samples
 from .selection import model_device
-from .vmap_engine import VmapEngine, call_loss
+from .vmap_engine import VmapEngine
 
 __all__ = ["compute_gradients"]
 
@@ -171,7 +171,10 @@ def compute_gradients(
     sizes_used: set = set()
     losses = []
     with tqdm(
-        total=total_samples(data) if progress else None, disable=not progress, unit="sample", desc="per-sample gradients"
+        total=total_samples(data) if progress else None,
+        disable=not progress,
+        unit="sample",
+        desc="per-sample gradients",
     ) as bar:
         for batch, size in iter_batches(data, device):
             ref = None

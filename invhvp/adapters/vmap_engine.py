@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import linecache
 import os
-import traceback
 
 import torch
 from torch.func import functional_call, grad, vmap
@@ -104,7 +103,9 @@ class VmapEngine:
             loss = call_loss(loss_fn, model, p, batch, 1)[0]
             return loss, loss
 
-        self._fn = vmap(grad(one, has_aux=True), in_dims=(None, 0), randomness="different" if noisy else "error")
+        self._fn = vmap(
+            grad(one, has_aux=True), in_dims=(None, 0), randomness="different" if noisy else "error"
+        )
 
     def __call__(self, chunk, k: int):
         """``(grads, losses)``: ``name -> (k, *shape)`` tensors and the ``(k,)`` losses."""
