@@ -170,10 +170,12 @@ class HooksEngine:
             a3 = a.reshape(k, -1, a.shape[-1]).to(dt)
             d3 = d.reshape(k, -1, d.shape[-1]).to(dt)
             if layer.weight is not None:
-                if layer.kind == "linear":  # W: (out, in), g_i = Σ_t δ_t a_tᵀ
-                    gw = torch.bmm(d3.transpose(1, 2), a3)
-                else:  # Conv1D W: (in, out), g_i = Σ_t a_t δ_tᵀ
-                    gw = torch.bmm(a3.transpose(1, 2), d3)
+                lhs, rhs = (d3, a3) if layer.kind == "linear" else (a3, d3)
+                # linear W: (out, in), g_i = Σ_t δ_t a_tᵀ; Conv1D W: (in, out), g_i = Σ_t a_t δ_tᵀ
+                if a3.shape[1] == 1:  # one token: an outer product (broadcasting beats bmm)
+                    gw = lhs.transpose(1, 2) * rhs
+                else:
+                    gw = torch.bmm(lhs.transpose(1, 2), rhs)
                 _accumulate(grads, layer.weight, gw)
             if layer.bias is not None:
                 _accumulate(grads, layer.bias, d3.sum(1))
