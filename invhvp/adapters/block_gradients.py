@@ -177,7 +177,9 @@ class BlockGradients(Sequence):
         )
 
 
-torch.serialization.add_safe_globals([BlockGradients])
+# let torch.load(weights_only=True) rebuild it (torch >= 2.4; older versions load with weights_only=False)
+if hasattr(torch.serialization, "add_safe_globals"):
+    torch.serialization.add_safe_globals([BlockGradients])
 
 
 class MemorySink:
