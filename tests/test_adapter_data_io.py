@@ -46,9 +46,18 @@ def test_one_batch_forms(ref):
         model, lambda m, b: F.cross_entropy(m(b["x"]), b["y"], reduction="none"), {"x": X, "y": y}
     )
     torch.testing.assert_close(g.flat(), ref)
-    # a bare tensor is one batch too (an unsupervised loss)
-    g = per_sample_gradients(model, lambda m, x: m(x).logsumexp(-1), X)
+
+    # a bare tensor is one batch too (an unsupervised loss), and [X] a list holding that batch
+    def unsupervised(m, x):
+        return m(x).logsumexp(-1)
+
+    assert per_sample_gradients(model, unsupervised, X).n == 10
+    assert per_sample_gradients(model, unsupervised, [X]).n == 10
+    # several single-tensor batches: 1-tuples
+    g = per_sample_gradients(model, lambda m, b: unsupervised(m, b[0]), [(X[:4],), (X[4:],)])
     assert g.n == 10
+    with pytest.raises(ShapeError, match=r"ONE batch.*\[\(X1,\), \(X2,\)\]"):
+        per_sample_gradients(model, unsupervised, [X[:4], X[4:]])
 
 
 def test_many_batch_forms(ref):

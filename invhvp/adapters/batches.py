@@ -4,10 +4,15 @@ A *batch* is a tensor, a tuple/list of tensors (and nested tuples/lists/dicts of
 or a dict of tensors (e.g. a transformers ``BatchEncoding``), every tensor with the same
 leading (batch) dimension.  ``data`` is either one batch or an iterable of batches:
 
-- a tensor, a dict, or a tuple/list with at least one tensor element is **one** batch
-  (``data=(X, Y)`` is the batch ``(X, Y)``, not two batches);
+- a tensor, a dict, a tuple with at least one tensor element, or a list of two or more
+  elements with at least one tensor is **one** batch (``data=(X, Y)`` and ``[X, Y]`` are
+  the batch ``(X, Y)``, not two batches);
+- a one-element list ``[b]`` is a list holding the one batch ``b`` (so ``[X]`` passes the
+  tensor ``X`` itself, as ``[(X, Y)]`` passes ``(X, Y)``);
 - a tuple/list whose elements are all tuples/lists/dicts is a list of batches;
 - any other iterable (a DataLoader, a generator) yields batches.
+
+Several single-tensor batches go in as ``[(X1,), (X2,)]``, a generator or a DataLoader.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def sample_signature(batch) -> tuple:
 def _is_one_batch(data) -> bool:
     if isinstance(data, (torch.Tensor, Mapping)):
         return True
-    if isinstance(data, (tuple, list)):
+    if isinstance(data, tuple) or (isinstance(data, list) and len(data) > 1):
         return any(isinstance(x, torch.Tensor) for x in data)
     return False
 
