@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
 from .batches import _slice, iter_batches, sample_signature, total_samples
 from .errors import EngineError
 from .hooks_engine import HooksEngine, plan_hooks
@@ -88,8 +89,8 @@ class _Engines:
             try:
                 check = self.needs_check()
                 if check and name == "hooks":
-                    grads, losses, total = self._get(name)(chunk, k, summed=True)
-                    self._check_hooks(chunk, k, grads, losses, total, ref)
+                    grads, losses, sums = self._get(name)(chunk, k, summed=True)
+                    self._check_hooks(chunk, grads, losses, sums, ref)
                 else:
                     grads, losses = self._get(name)(chunk, k)
                     if check:
@@ -115,14 +116,14 @@ class _Engines:
             ref = probe_samples(self.model, self.loss_fn, self.chosen, chunk, 0, m)
         check_losses(ref.losses, losses[:m])
 
-    def _check_hooks(self, chunk, k, grads, losses, total, ref):
+    def _check_hooks(self, chunk, grads, losses, sums, ref):
         """Sample 0's batched loss against sample 0 alone (coupling; batch-first inputs checked
         by the probe), and the gradient the recorded calls explain against the ordinary
         gradient of the summed loss (a parameter also used outside its module's forward)."""
         if ref is None or ref.stop != 1:
             ref = probe_samples(self.model, self.loss_fn, self.chosen, chunk, 0, 1, layers=self.layers)
         check_losses(losses[:1], ref.losses)
-        explained, total = total
+        explained, total = sums
         for n in grads:
             ok, diff = close(explained[n], total[n])
             if not ok:
@@ -202,8 +203,6 @@ def compute_gradients(
                 sizes_used.add(k)
                 bar.update(k)
     if not losses:
-        from ..errors import InputError
-
         raise InputError("data: yielded no batch")
     info = {
         "engine": "+".join(engines.used),
