@@ -175,6 +175,8 @@ def per_sample_gradients(
     refuse_batchnorm_in_train_mode(model)
     noisy = warn_if_dropout(model)
     groups = group_parameters(list(chosen), blocks)
+    # every finished chunk goes to sink.append([(k, d_l) tensor per block]); an on-disk store
+    # with the same append (store=path) replaces MemorySink without touching the engines
     sink = MemorySink()
     losses, info = compute_gradients(
         model,
