@@ -119,10 +119,14 @@ def per_sample_gradients(
     progress : bool, default False
         Show a tqdm progress bar over samples.
     check_per_sample : bool, default True
-        On the first chunk, compare the engine with plain autograd on one or two samples
-        taken alone (losses and gradients), and (vmap) the batched losses with the
-        per-sample ones: a loss that couples samples raises :class:`SampleCouplingError`;
-        a hooks result that disagrees makes auto fall back to vmap.
+        On the first chunk of each engine, check against plain autograd.  hooks: the loss
+        of sample 0 in the batch against sample 0 alone, and the gradient the hooked calls
+        explain (``Σ δ aᵀ``) against the ordinary gradient of the summed loss (a weight also
+        used outside its module); the one-sample probe also checks that hooked modules see
+        batch-first inputs.  vmap: its per-sample losses against a batched forward of up to
+        8 samples.  A loss that couples samples raises :class:`SampleCouplingError`; a
+        hooks mismatch makes auto fall back to vmap (``engine="hooks"`` raises
+        :class:`EngineError`).
 
     Returns
     -------
