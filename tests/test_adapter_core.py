@@ -83,7 +83,8 @@ def test_per_sample_gradients_equal_backward_loop(dtype, chunk_size):
 
 def test_float32_storage_of_a_float64_model_and_module_blocks():
     model, X, y = make(torch.float64)
-    g = per_sample_gradients(model, ce, [(X, y)], blocks="module")
+    assert per_sample_gradients(model, ce, [(X, y)]).dtype == torch.float64  # default: the model's
+    g = per_sample_gradients(model, ce, [(X, y)], blocks="module", dtype=torch.float32)
     assert g.names == ["0", "2"] and g.param_names == [["0.weight", "0.bias"], ["2.weight", "2.bias"]]
     assert g.dtype == torch.float32 and g.sizes == [16, 15]
     ref = loop_grads(model, ce, X, y, [n for n, _ in model.named_parameters()])
