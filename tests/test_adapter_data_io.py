@@ -177,3 +177,34 @@ def test_numpy_blocks_still_work_downstream():
     g = per_sample_gradients(model, ce, (X, y))
     assert [tuple(b.shape) for b in g] == [(10, 12), (10, 4), (10, 12), (10, 3)]
     assert np.allclose(np.concatenate([b.numpy() for b in g], axis=1), g.flat().numpy())
+
+
+def test_per_sample_gradients_streamed_to_a_store(tmp_path):
+    import numpy as np
+
+    import invhvp as ih
+    from invhvp.adapters import per_sample_gradients
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
+    X, y = torch.randn(23, 5, dtype=torch.float64), torch.randint(0, 3, (23,))
+
+    def loss(m, b):
+        return torch.nn.functional.cross_entropy(m(b[0]), b[1], reduction="none")
+
+    ref = per_sample_gradients(model, loss, (X, y))
+    got = per_sample_gradients(model, loss, (X, y), chunk_size=5, store=tmp_path / "g")
+    assert got.info["store"] == str(tmp_path / "g")
+    for a, b in zip(ref.blocks, got.blocks):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    store = ih.GradientStore.open(tmp_path / "g")
+    assert store.n == 23 and store.sizes == ref.sizes and store.fingerprint.startswith("sha256:")
+    # the store is accepted where per-block gradient arrays are
+    T = [g[:3].numpy() for g in ref.blocks]
+    np.testing.assert_allclose(
+        ih.influence_matrix(store, T), ih.influence_matrix([g.numpy() for g in ref.blocks], T), rtol=1e-10
+    )
+    # appending to an open store adds rows
+    with ih.GradientStore.open(tmp_path / "g", mode="a") as st:
+        per_sample_gradients(model, loss, (X[:4], y[:4]), store=st)
+    assert ih.GradientStore.open(tmp_path / "g").n == 27

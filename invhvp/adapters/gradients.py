@@ -59,6 +59,8 @@ def per_sample_gradients(
     dtype: torch.dtype | None = None,
     progress: bool = False,
     check_per_sample: bool = True,
+    store=None,
+    store_dtype=None,
 ) -> BlockGradients:
     r"""Per-sample gradients :math:`g_i = \nabla_\theta \ell(z_i)`, grouped into blocks.
 
@@ -118,6 +120,16 @@ def per_sample_gradients(
         (computation is always in the model's dtype).
     progress : bool, default False
         Show a tqdm progress bar over samples.
+    store : str, os.PathLike or GradientStore, optional
+        Stream the gradients to an on-disk :class:`~invhvp.GradientStore` chunk by chunk
+        instead of keeping them in memory: a path creates a new store (its fingerprint is
+        :func:`~invhvp.fingerprint_module` of the selected parameters); an open store
+        (``GradientStore.open(path, mode="a")``) is appended to (its block sizes must match).
+        The result's blocks are then CPU tensors backed by the store's files (lazy, read-only
+        copy-on-write maps), ``result.info["store"]`` is the store's path.  An interrupted
+        run leaves the rows of the chunks completed so far.
+    store_dtype : {"float32", "bfloat16", "float64"}, optional
+        Dtype of a new store (default: ``dtype``).
     check_per_sample : bool, default True
         On the first chunk of each engine, check against plain autograd.  hooks: the loss
         of sample 0 in the batch against sample 0 alone, and the gradient the hooked calls
@@ -179,9 +191,8 @@ def per_sample_gradients(
     refuse_batchnorm_in_train_mode(model)
     noisy = warn_if_dropout(model)
     groups = group_parameters(list(chosen), blocks)
-    # every finished chunk goes to sink.append([(k, d_l) tensor per block]); an on-disk store
-    # with the same append (store=path) replaces MemorySink without touching the engines
-    sink = MemorySink()
+    # every finished chunk goes to sink.append([(k, d_l) tensor per block]): memory or a store
+    sink = MemorySink() if store is None else _store_sink(store, store_dtype or dtype, model, chosen, groups)
     losses, info = compute_gradients(
         model,
         loss_fn,
@@ -197,11 +208,47 @@ def per_sample_gradients(
         check=check_per_sample,
         noisy=noisy,
     )
+    if store is not None:
+        info["store"] = str(sink.path)
+        if sink is not store:  # we created it: close it (a store the caller opened stays open)
+            sink.close()
+        blocks_out = _reopen(sink.path)
+    else:
+        blocks_out = sink.blocks()
     return BlockGradients(
-        sink.blocks(),
+        blocks_out,
         [k for k, _ in groups],
         [pn for _, pn in groups],
         {n: tuple(p.shape) for n, p in chosen.items()},
         losses,
         info,
     )
+
+
+def _store_sink(store, dtype, model, chosen, groups):
+    """An on-disk GradientStore open for appending, with the blocks of ``groups``."""
+    from ..store import GradientStore, fingerprint_module
+
+    sizes = [sum(chosen[n].numel() for n in names) for _, names in groups]
+    names = [k for k, _ in groups]
+    if isinstance(store, GradientStore):
+        if store.mode != "a":
+            raise InputError("store: the GradientStore is open read-only; open it with mode='a' to append")
+        if list(store.sizes) != sizes:
+            raise InputError(f"store: its block sizes {list(store.sizes)} differ from the model's blocks {sizes}")
+        return store
+    dt = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}.get(dtype, dtype)
+    return GradientStore.create(
+        store,
+        sizes,
+        dtype=dt,
+        names=names,
+        param_names=[list(pn) for _, pn in groups],
+        fingerprint=fingerprint_module(model, params=list(chosen)),
+    )
+
+
+def _reopen(path):
+    from ..store import GradientStore
+
+    return GradientStore.open(path).torch()
