@@ -7,6 +7,8 @@ array library, dtype and device, which the test gradients define.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .. import _backend as Bk
@@ -19,7 +21,9 @@ __all__ = ["Rows", "test_blocks", "place"]
 
 
 def _blocks(x, name):
-    if isinstance(x, (list, tuple)):
+    """Per-block arrays: a list/tuple or other sequence of them (e.g. BlockGradients), or one array."""
+    if isinstance(x, (list, tuple)) or (isinstance(x, Sequence) and not hasattr(x, "shape")):
+        x = list(x)
         if not x:
             raise InputError(f"{name}: expected an (n, d) array or a non-empty sequence of them")
         return list(x), [f"{name}[{j}]" for j in range(len(x))]

@@ -241,7 +241,8 @@ def influence_scores(
         for j, s in enumerate(tot):
             if not np.isfinite(s):
                 raise NonFiniteError(
-                    f"train[{j}]: contains NaN or infinite values (sum of squared row norms is {s})"
+                    f"train[{j}]: contains NaN or infinite values, or squared row norms that "
+                    f"overflow {dtype} (their sum is {s})"
                 )
         if lam_given is not None:
             return lam_given
