@@ -313,7 +313,7 @@ def rss_mb(kind):
 
 path, chunk = sys.argv[1], int(sys.argv[2])
 st = ih.GradientStore.open(path)
-T = [np.random.default_rng(1).standard_normal((8, d)) for d in st.sizes]
+T = [np.random.default_rng(1).standard_normal((32, d)) for d in st.sizes]  # m = 32: m×n = 16 MiB
 out = {"store_mb": st.nbytes / 2**20}
 T32 = [t.astype(np.float32) for t in T]
 for name, tg, kw in [("exact32", T32, dict(self_influence=True)), ("datainf64", T, dict(self_influence=True)),
