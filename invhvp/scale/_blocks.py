@@ -13,13 +13,16 @@ products of a chunk are in the working dtype, their sum over up to millions of r
 from __future__ import annotations
 
 from .. import _backend as Bk
-from .._arrays import row_sq_norms
+from .._arrays import row_chunks, row_sq_norms
 from ..distributed import all_gather_rows, all_reduce_sum
 from ..operators import Dense, LowRankPlusIdentity
 from ..solvers.api import inverse
 from ..solvers.datainf import datainf_finish, datainf_partial, datainf_weights
 
 __all__ = ["Block", "route_for"]
+
+#: Elements of the float64 temporaries of self-influence (a few of them live at once).
+SELF_CHUNK_ELEMENTS = 1 << 20
 
 
 def route_for(n: int, d: int, max_dense: int) -> str | None:
@@ -125,10 +128,14 @@ class Block:
         """``g_iᵀ (G_l + λ_l I)⁻¹ g_i`` (exact) or ``g_iᵀ R_l g_i`` (DataInf) for the rows of chunk ``U``, float64."""
         if self.route == "dual":
             return self.self_dual[local_rows]
-        U64 = self._f64(U)
-        if self.R is not None:
-            return self.xp.sum((U64 @ self.R) * U64, axis=1)
-        return self.inv.quad_diag(U64)
+        parts = []
+        for sl in row_chunks(int(U.shape[0]), max(1, SELF_CHUNK_ELEMENTS // self.d)):
+            U64 = self._f64(U[sl])  # float64 temporaries of SELF_CHUNK_ELEMENTS, not of the chunk
+            if self.R is not None:
+                parts.append(self.xp.sum((U64 @ self.R) * U64, axis=1))
+            else:
+                parts.append(self.inv.quad_diag(U64))
+        return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
 
 
 def chunk_sq_norm_sum(xp, U):
