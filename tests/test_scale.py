@@ -7,6 +7,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -153,6 +154,35 @@ def test_out_file_auto_choice_and_small_n(tmp_path):
     assert auto.info["solver"] == "datainf" and "DataInf" in auto.info["auto"]
 
 
+def test_store_rows_sequences_and_progress(tmp_path, capsys):
+    U, T = problem(n=60, sizes=(4, 5))
+    st = make_store(tmp_path / "st", U)
+    res = ih.scale.influence_scores(
+        st, T, "exact", rows=slice(10, 50), k=3, out=tmp_path / "m.npy", progress=True
+    )
+    sub = [u[10:50] for u in U]  # the training set is rows 10..49; indices stay store rows
+    full = ih.influence_matrix(sub, T, ih.Exact())
+    assert res.rows == slice(10, 50) and res.n == 40
+    assert rel(res.average, full.mean(axis=0)) < 1e-9
+    np.testing.assert_array_equal(res.top_harmful.indices, np.argsort(-full, axis=1)[:, :3] + 10)
+    assert rel(np.load(tmp_path / "m.npy"), full) < 1e-9
+    assert "invhvp gram" in capsys.readouterr().err
+    st.close()
+
+    class Blocks(Sequence):  # e.g. adapters.BlockGradients: a Sequence of per-block arrays
+        def __init__(self, b):
+            self.b = b
+
+        def __getitem__(self, i):
+            return self.b[i]
+
+        def __len__(self):
+            return len(self.b)
+
+    got = ih.scale.influence_scores(Blocks(U), Blocks(T), "datainf", k=3)
+    assert rel(got.average, ih.average_influence(U, T, ih.DataInf())) < 1e-9
+
+
 def test_inaccurate_status_is_reported():
     rng = np.random.default_rng(3)
     U = [rng.standard_normal((200, 2)) @ rng.standard_normal((2, 12))]  # rank 2: κ ≈ ‖G‖/λ
@@ -272,6 +302,16 @@ def _dist_worker(rank, size, init_file, store_path, ref_path, out_dir):
         assert loc.rows == sl
         _same(loc.average, ref["arrays-exact-dual"].average[sl], "gather=False")
         _same(np.load(os.path.join(out_dir, "m.npy")), ref["arrays-exact-dual"].matrix, "out file")
+        # every rank passing all store rows is refused on every rank (no double counting, no hang)
+        st = ih.GradientStore.open(store_path)
+        with pytest.raises(InputError, match="disjoint"):
+            ih.scale.influence_scores(st, T, rows=slice(0, DIST_N))
+        st.close()
+        # 2 rows over 2 or 3 ranks: a rank may hold none (dual route, k > rows per rank)
+        U2, T2 = problem(n=2, sizes=(5,), seed=9)
+        mine = [U2[0][shard_rows(2, rank, size)]]
+        tiny = ih.scale.influence_scores(mine, T2, "exact", k=2, self_influence=True)
+        check_against_memory(tiny, U2, T2, "exact", None, 2, tol=1e-9)
         dist.barrier()
     finally:
         dist.destroy_process_group()
