@@ -191,9 +191,9 @@ def influence_scores(
     t_start = time.perf_counter()
     k = C.integer(k, "k", minimum=1)
     f = C.real(damping_factor, "damping_factor", minimum=0.0, strict=True)
-    want_self, want_matrix, gather = (C.flag(v, nm) for v, nm in [(self_influence, "self_influence"),
-                                                                   (return_matrix, "return_matrix"), (gather, "gather")])  # fmt: skip
-    progress = C.flag(progress, "progress")
+    want_self = C.flag(self_influence, "self_influence")
+    want_matrix = C.flag(return_matrix, "return_matrix")
+    gather, progress = C.flag(gather, "gather"), C.flag(progress, "progress")
     chunk_rows = C.integer(chunk_rows, "chunk_rows", minimum=1, optional=True)
     max_dense = C.integer(max_dense, "max_dense", minimum=1)
     policy = C.choice(on_failure, "on_failure", FAILURE_POLICIES)
