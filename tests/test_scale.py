@@ -306,6 +306,10 @@ def _dist_worker(rank, size, init_file, store_path, ref_path, out_dir):
         st = ih.GradientStore.open(store_path)
         with pytest.raises(InputError, match="disjoint"):
             ih.scale.influence_scores(st, T, rows=slice(0, DIST_N))
+        # shards in reverse rank order: results still in row order
+        rev = ih.scale.influence_scores(st, T, "exact", rows=shard_rows(DIST_N, size - 1 - rank, size), k=25)
+        _same(rev.average, ref["store-exact"].average, "reversed shards")
+        np.testing.assert_array_equal(rev.top_harmful.indices, ref["store-exact"].top_harmful.indices)
         st.close()
         # 2 rows over 2 or 3 ranks: a rank may hold none (dual route, k > rows per rank)
         U2, T2 = problem(n=2, sizes=(5,), seed=9)
