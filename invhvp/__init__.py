@@ -9,7 +9,7 @@ Flat public API::
     inv @ b, inv.solve(B), inv.quad(T)                        # apply many times
 """
 
-from . import bounds, distributed, errors, estimators, scale
+from . import bounds, distributed, errors, estimators, interop, scale
 from .damping import default_damping
 from .errors import ConvergenceError
 from .estimators import EigEstimate, TraceEstimate, lambda_max, trace
@@ -74,6 +74,7 @@ __all__ = [
     "StoreFormatError",
     "fingerprint_module",
     "distributed",
+    "interop",
     "scale",
     "influence_scores",
 ]

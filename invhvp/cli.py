@@ -106,7 +106,7 @@ def demo(seed: int = 0, echo=print) -> dict:
     U = rng.standard_normal((n, d)) / np.sqrt(d)
     b = rng.standard_normal(d)
     G = ih.LowRankPlusIdentity(U)
-    lam = ih.default_damping(G) if hasattr(ih, "default_damping") else 1e-3
+    lam = ih.default_damping(G)
     echo(f"(G + λI) x = b with G = UᵀU/n, U {n}×{d} (per-sample gradients), λ = {lam:.3g}")
     out = {}
     for name, solver in (("exact", ih.Exact()), ("cg", ih.CG(rtol=1e-10))):

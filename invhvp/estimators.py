@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _backend as Bk
+from . import _checks as C
 from ._arrays import as_generator, random_matrix
 from .errors import InputError, NonFiniteError, UnsupportedOperatorError
 from .operators import Operator
@@ -100,9 +101,7 @@ def _check_op(op):
 
 
 def _posint(x, name, minimum=1):
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < minimum:
-        raise InputError(f"{name}: expected an int >= {minimum}, got {x!r}")
-    return int(x)
+    return C.integer(x, name, minimum=minimum)
 
 
 # --------------------------------------------------------------------- λ_max
@@ -159,7 +158,7 @@ def lambda_max(op, *, method="lanczos", k=30, maxiter=200, rtol=1e-3, rng=None, 
         return _lanczos(op, _posint(k, "k"), rng, _counter)[0]
     if method == "power":
         return _power(
-            op, _posint(maxiter, "maxiter"), Bk.finite_scalar(rtol, "rtol", minimum=0.0), rng, _counter
+            op, _posint(maxiter, "maxiter"), C.real(rtol, "rtol", minimum=0.0), rng, _counter
         )
     if method == "exact":
         return _exact_lmax(op)

@@ -1,6 +1,6 @@
 """Per-block state of a streaming influence computation: what pass 1 sums, and ``W_l``.
 
-No solver formula lives here (DESIGN.md, one home per formula): the exact routes hand an
+No solver formula lives here (one home per formula, docs/theory.md §10): the exact routes hand an
 accumulated Gram (primal) or the gathered rows (dual) to :func:`invhvp.inverse` with
 :class:`~invhvp.Exact`, and DataInf sums :func:`~invhvp.solvers.datainf.datainf_partial` over the
 chunks and finishes with :func:`~invhvp.solvers.datainf.datainf_finish`.  Every sum over rows is

@@ -2,7 +2,7 @@ r"""Influence of up to millions of training points in bounded memory, on one pro
 
 :func:`influence_scores` reads the training gradients in passes (docs/scale.md):
 
-1. **sums over rows** (THEORY.md §8): per block ``Σ_i ‖g_i‖²`` (→ the default damping) and,
+1. **sums over rows** (docs/theory.md §9): per block ``Σ_i ‖g_i‖²`` (→ the default damping) and,
    for the exact primal route, the Gram ``UᵀU`` (``d×d``); the dual route (``n < d``, small ``n``)
    keeps the rows.  DataInf needs a second sum, ``Σ_i w_i u_i (u_iᵀ Tᵀ)``, whose weights need
    ``λ``: one more pass when ``λ`` comes from the rule (3 in all), none when it is given (2).
