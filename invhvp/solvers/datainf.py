@@ -39,8 +39,15 @@ def datainf_weights(sq_norms, lam: float, scale: float, n_total: int):
     return scale / (lam + (n_total * scale) * sq_norms)
 
 
-def datainf_partial(U_rows, w_rows, B):
-    """``Σ_{i in rows} w_i u_i (u_iᵀ B)`` for a chunk of rows (two products, ``O(rows·d·k)``)."""
+def datainf_partial(U_rows, w_rows, B=None):
+    """``Σ_{i in rows} w_i u_i (u_iᵀ B)`` for a chunk of rows (two products, ``O(rows·d·k)``).
+
+    ``B=None`` stands for the identity: the ``d×d`` matrix ``M = Σ w_i u_i u_iᵀ``
+    (``O(rows·d²)``), so that ``R = datainf_finish(I, M, λ)`` gives self-influence
+    ``u_iᵀ R u_i`` for rows that are not in memory at once.
+    """
+    if B is None:
+        return U_rows.T @ (w_rows[:, None] * U_rows)
     return U_rows.T @ (w_rows[:, None] * (U_rows @ B))
 
 
