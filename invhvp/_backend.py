@@ -213,3 +213,14 @@ def cho_solve(xp, L, B):
     import scipy.linalg
 
     return scipy.linalg.cho_solve((L, True), B, check_finite=False)
+
+
+def solve_lower(xp, L, B):
+    """Solve ``L X = B`` for a lower-triangular ``L`` and 2-D ``B``."""
+    if is_torch(xp):
+        import torch
+
+        return torch.linalg.solve_triangular(L, B, upper=False)
+    import scipy.linalg
+
+    return scipy.linalg.solve_triangular(L, B, lower=True, check_finite=False)
