@@ -11,7 +11,6 @@ Torch is imported lazily: invhvp works without it.
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import array_api_compat
 import numpy as np
@@ -172,29 +171,6 @@ def to_host(x, dtype=None) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=dtype)
-
-
-def is_real_scalar(x) -> bool:
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, Real):
-        return True
-    return getattr(x, "ndim", None) == 0 and getattr(x, "shape", None) == ()
-
-
-def finite_scalar(x, name: str, *, minimum: float | None = None, strict: bool = False) -> float:
-    """Validate a real scalar argument and return it as a Python float."""
-    from .errors import InputError
-
-    if not is_real_scalar(x):
-        raise InputError(f"{name}: expected a real number, got {type(x).__name__}")
-    v = float(x)
-    if not math.isfinite(v):
-        raise InputError(f"{name}: expected a finite number, got {v}")
-    if minimum is not None and (v < minimum or (strict and v == minimum)):
-        op = ">" if strict else ">="
-        raise InputError(f"{name}: expected a number {op} {minimum}, got {v}")
-    return v
 
 
 # --------------------------------------------------------------------- factorizations

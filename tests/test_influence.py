@@ -1,4 +1,4 @@
-"""Influence matrices against a dense numpy reference (THEORY.md §1 sign)."""
+"""Influence matrices against a dense numpy reference (docs/theory.md §1 sign)."""
 
 from dataclasses import dataclass
 

@@ -1,6 +1,6 @@
 r"""End-to-end influence from a torch model: gradients → any solver → the m×n influence matrix.
 
-Sign convention (THEORY.md §1, DataInf; pyDVL uses the opposite sign):
+Sign convention (docs/theory.md §1, DataInf; pyDVL uses the opposite sign):
 ``I(z_t, z_i) = −g_tᵀ (G + λI)⁻¹ g_i``; **positive = up-weighting training point ``z_i``
 raises the loss at test point ``z_t`` = harmful**, negative = helpful.
 """
@@ -121,7 +121,7 @@ def influence(
     .. math:: I(z_t, z_i) = -\sum_l g_{t,l}^T (G_l + \lambda_l I)^{-1} g_{i,l}
 
     **Sign: positive = up-weighting training point ``z_i`` raises the loss at ``z_t``
-    (harmful); negative = helpful** (THEORY.md §1, DataInf; opposite to pyDVL).
+    (harmful); negative = helpful** (docs/theory.md §1, DataInf; opposite to pyDVL).
 
     Parameters
     ----------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .. import _checks as C
 from ..errors import DTypeError, InvhvpError, UnsupportedOperatorError
 from ..operators import BlockDiagonal, Operator
+from ..operators.convert import from_scipy
 from .base import Counted, Solver
 from .block import BlockInverse
 from .cg import CG
@@ -19,8 +20,6 @@ def as_operator(operator) -> Operator:
     are wrapped (:func:`invhvp.interop.from_scipy`); anything else is a DTypeError."""
     if isinstance(operator, Operator):
         return operator
-    from ..interop import from_scipy
-
     return from_scipy(operator)
 
 
