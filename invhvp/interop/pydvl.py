@@ -64,15 +64,21 @@ try:
         TorchOperatorGradientComposition,
     )
     from pydvl.influence.torch.util import BlockMode, SecondOrderMode
+
+    from ._pydvl_curvature import (
+        CURVATURES,
+        batch_xy,
+        curvature_operator,
+        damping_value,
+        gram_gradients,
+        same_device,
+    )
 except ImportError as _exc:  # pragma: no cover - exercised in the main environment (no pyDVL)
     _IMPORT_ERROR: ImportError | None = _exc
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["InvhvpInfluence", "InvhvpOperator", "CURVATURES"]
-
-#: Accepted values of ``curvature`` (besides pyDVL's ``SecondOrderMode``).
-CURVATURES = ("gram", "hessian", "ggn")
+__all__ = ["InvhvpInfluence", "InvhvpOperator"]
 
 _INSTALL_HINT = (
     "invhvp.interop.pydvl needs pyDVL with its torch influence module: "
@@ -81,58 +87,14 @@ _INSTALL_HINT = (
 )
 
 
-def _curvature_name(curvature) -> str:
-    """``curvature`` as one of :data:`CURVATURES`; pyDVL's ``SecondOrderMode`` is mapped."""
-    if _IMPORT_ERROR is None and isinstance(curvature, SecondOrderMode):
-        # pyDVL's "Gauss-Newton" is the Gram of per-sample gradients (its GaussNewtonOperator)
-        return "gram" if curvature is SecondOrderMode.GAUSS_NEWTON else "hessian"
-    return C.choice(curvature, "curvature", CURVATURES)
-
-
-def _damping_value(value, name: str) -> float:
-    """One block's damping: ``None`` → 0.0, else a finite float >= 0 (typed error naming ``name``)."""
-    if value is None:
-        return 0.0
-    return float(C.real(value, name, minimum=0.0))
-
-
-def _per_sample_loss(loss):
-    """pyDVL's ``loss(outputs, targets) -> scalar`` as invhvp's per-sample ``loss_fn(model, batch)``.
-
-    Sample ``i``'s loss is ``loss(outputs[i:i+1], targets[i:i+1])``, as pyDVL's gradient
-    provider evaluates it (``unsqueeze(0)`` of one sample).
-    """
-
-    def per_row(o, t):
-        return loss(o.unsqueeze(0), t.unsqueeze(0))
-
-    def losses_of_outputs(outputs, batch):
-        return torch.func.vmap(per_row)(outputs, _xy(batch)[1])
-
-    def loss_fn(model, batch):
-        return losses_of_outputs(model(_xy(batch)[0]), batch)
-
-    def output_fn(model, batch):
-        return model(_xy(batch)[0])
-
-    return loss_fn, output_fn, losses_of_outputs
-
-
-def _xy(batch):
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise InputError(
-            "data: each batch must be a pair (x, y) of tensors, as pyDVL's influence models expect; "
-            f"got a {type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-        )
-    return batch
-
-
-def _same_device(a, b) -> bool:
-    a, b = torch.device(a), torch.device(b)
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
-
-
 if _IMPORT_ERROR is None:
+
+    def _curvature_name(curvature) -> str:
+        """``curvature`` as one of ``"gram"``, ``"hessian"``, ``"ggn"``; pyDVL's ``SecondOrderMode`` is mapped."""
+        if isinstance(curvature, SecondOrderMode):
+            # pyDVL's "Gauss-Newton" is the Gram of per-sample gradients (its GaussNewtonOperator)
+            return "gram" if curvature is SecondOrderMode.GAUSS_NEWTON else "hessian"
+        return C.choice(curvature, "curvature", CURVATURES)
 
     class InvhvpOperator(TensorOperator):
         r"""A pyDVL ``TensorOperator`` that applies ``(A + λI)⁻¹`` with an invhvp solver.
@@ -173,7 +135,7 @@ if _IMPORT_ERROR is None:
             self.solver = solver
             self.on_failure = C.choice(on_failure, "on_failure", FAILURE_POLICIES)
             self.results: list = []
-            self._regularization = _damping_value(regularization, "regularization")
+            self._regularization = damping_value(regularization, "regularization")
             self.inverse = self._factor()
 
         def _factor(self):
@@ -188,7 +150,7 @@ if _IMPORT_ERROR is None:
 
         @regularization.setter
         def regularization(self, value):
-            self._regularization = _damping_value(value, "regularization")
+            self._regularization = damping_value(value, "regularization")
             self.inverse = self._factor()
 
         @property
@@ -204,7 +166,7 @@ if _IMPORT_ERROR is None:
             return self.curvature.dtype
 
         def to(self, device):
-            if _same_device(device, self.device):
+            if same_device(device, self.device):
                 return self
             raise DeviceError(
                 f"device: this invhvp operator was fitted on {self.device}; move the model to {device} "
@@ -338,8 +300,8 @@ if _IMPORT_ERROR is None:
                     raise InputError(
                         f"damping: unknown block name(s) {sorted(unknown)}; blocks are {self.block_names}"
                     )
-                return {k: _damping_value(regularization.get(k), f"damping[{k!r}]") for k in self.block_names}
-            lam = _damping_value(regularization, "damping")
+                return {k: damping_value(regularization.get(k), f"damping[{k!r}]") for k in self.block_names}
+            lam = damping_value(regularization, "damping")
             return {k: lam for k in self.block_names}
 
         def with_regularization(self, regularization):
@@ -352,25 +314,21 @@ if _IMPORT_ERROR is None:
 
         @staticmethod
         def _validate_regularization(block_name, value):
-            return _damping_value(value, f"damping[{block_name!r}]")
+            return damping_value(value, f"damping[{block_name!r}]")
 
         # ------------------------------------------------------------- fitting
         def _create_block_mapper(self, data):
+            # one pass over the data for all blocks: per-sample gradients (Gram) or the batches
             names = [n for block in self.parameter_dict.values() for n in block]
             if len(set(names)) != len(names):
                 raise InputError("block_structure: a parameter appears in more than one block")
-            cache: dict = {"n": None}
             if self.curvature == "gram":
-                from ..adapters import per_sample_gradients
-
-                loss_fn = _per_sample_loss(self.loss)[0]
-                g = per_sample_gradients(self.model, loss_fn, data, params=names, blocks="tensor", dtype=self.dtype)
-                cache["grads"] = dict(zip(g.names, g.blocks))
+                self._fit_cache = {"grads": gram_gradients(self.model, self.loss, data, names, self.dtype)}
             else:
-                cache["batches"] = [_xy(b) for b in data]  # iterate a DataLoader once for all blocks
-                if not cache["batches"]:
+                batches = [batch_xy(b) for b in data]
+                if not batches:
                     raise InputError("data: yielded no batch")
-            self._fit_cache = cache
+                self._fit_cache = {"batches": batches}
             try:
                 return super()._create_block_mapper(data)
             finally:
@@ -382,36 +340,16 @@ if _IMPORT_ERROR is None:
             # parameters in the *model's* order, whatever order the block structure lists them
             # in; settle that order first and build the curvature in it.
             gp = TorchGradientProvider(self.model, self.loss, restrict_to=block_params).to(self.device)
-            ordered = {n: block_params[n] for n in gp.params_to_restrict_to}
-            curv = self._curvature_block(ordered, data)
+            names = list(gp.params_to_restrict_to)
+            cache = self._fit_cache or {}  # empty when called outside fit
+            grads = cache.get("grads")
+            if self.curvature == "gram" and grads is None:
+                grads = gram_gradients(self.model, self.loss, data, names, self.dtype)
+            batches = cache.get("batches") or (None if self.curvature == "gram" else [batch_xy(b) for b in data])
+            numels = {n: p.numel() for n, p in block_params.items()}
+            curv = curvature_operator(self.curvature, self.model, self.loss, names, numels, grads=grads, batches=batches)
             op = InvhvpOperator(curv, self.solver, regularization, self.on_failure)
             return TorchOperatorGradientComposition(op, gp)
-
-        def _curvature_block(self, block_params, data):
-            """The invhvp operator of one block, its coordinates in the order of ``block_params``."""
-            from ..operators import LowRankPlusIdentity
-
-            names = list(block_params)
-            cache = self._fit_cache or {}
-            if self.curvature == "gram":
-                grads = cache.get("grads")
-                if grads is None:  # called outside fit's shared gradient pass
-                    from ..adapters import per_sample_gradients
-
-                    g = per_sample_gradients(
-                        self.model, _per_sample_loss(self.loss)[0], data, params=names, blocks="tensor", dtype=self.dtype
-                    )
-                    grads = dict(zip(g.names, g.blocks))
-                return LowRankPlusIdentity(torch.cat([grads[n] for n in names], dim=1))
-            from ..adapters import ggn_operator, hvp_operator
-
-            batches = cache.get("batches") or [_xy(b) for b in data]
-            loss_fn, output_fn, output_loss = _per_sample_loss(self.loss)
-            if self.curvature == "hessian":
-                op = hvp_operator(self.model, loss_fn, batches, params=names)
-            else:
-                op = ggn_operator(self.model, output_fn, output_loss, batches, params=names)
-            return _reordered(op, names, {n: p.numel() for n, p in block_params.items()})
 
         # ------------------------------------------------------------- reports
         @property
@@ -431,45 +369,6 @@ if _IMPORT_ERROR is None:
         @property
         def is_thread_safe(self) -> bool:
             return False
-
-    def _reordered(op, names, numels):
-        """``op`` (flat coordinates in the model's parameter order, ``op.param_names``) with its
-        coordinates permuted into ``names`` order, as pyDVL flattens a block."""
-        model_order = list(op.param_names)
-        if model_order == names:
-            return op
-        offsets, o = {}, 0
-        for n in model_order:
-            offsets[n] = o
-            o += numels[n]
-        perm = torch.cat([torch.arange(offsets[n], offsets[n] + numels[n], device=op.device) for n in names])
-        inv = torch.empty_like(perm)
-        inv[perm] = torch.arange(perm.numel(), device=op.device)
-        return _permuted(op, perm, inv)
-
-    def _permuted(op, perm, inv):
-        """``P A Pᵀ`` for a pyDVL-order vector ``v`` (``Pᵀv`` is ``v[inv]``; ``P y`` is ``y[perm]``)."""
-        from ..operators import MatrixFree
-
-        def mm(V):
-            return op.matmat(V[inv])[perm]
-
-        sampler = None
-        if getattr(op, "sampler", None) is not None:
-
-            def sampler(batch_size, rng=None):
-                return _permuted(op.sampler(batch_size, rng), perm, inv)
-
-        return MatrixFree(
-            lambda v: mm(v[:, None])[:, 0],
-            op.size,
-            op.dtype,
-            device=op.device,
-            psd=op.psd,
-            matmat=mm,
-            sampler=sampler,
-            n_samples=getattr(op, "_n_samples", None),
-        )
 
 else:  # pragma: no cover - exercised in the main environment (no pyDVL)
 

@@ -275,13 +275,13 @@ def test_matrix_free_curvature_in_another_parameter_order(setup):
     """A Hessian built in the model's parameter order, presented in a block's listed order
     (used when pyDVL's gradient provider keeps the listed order)."""
     from invhvp.adapters import hvp_operator
-    from invhvp.interop.pydvl import _per_sample_loss, _reordered
+    from invhvp.interop._pydvl_curvature import per_sample_loss, reordered
 
     model, X, Y, _, _, loader = setup
     names = ["2.bias", "0.weight"]
     numels = {n: p.numel() for n, p in model.named_parameters()}
-    H = hvp_operator(model, _per_sample_loss(loss)[0], list(loader), params=names)
-    P = _reordered(H, names, numels)
+    H = hvp_operator(model, per_sample_loss(loss)[0], list(loader), params=names)
+    P = reordered(H, names, numels)
     M = H.matmat(torch.eye(H.size, dtype=torch.float64))  # model order: 0.weight (24), then 2.bias (3)
     perm = torch.cat([torch.arange(24, 27), torch.arange(0, 24)])
     close(P.matmat(torch.eye(P.size, dtype=torch.float64)), M[perm][:, perm], 1e-12)
