@@ -38,7 +38,9 @@ def choose_solver(operator) -> tuple[Solver, str]:
     return CG(), f"CG: no cheap direct solve for {type(op).__name__} of size {op.size}"
 
 
-def inverse(operator, solver: Solver | None = None, *, damping=0.0, on_failure: str = "raise") -> Inverse:
+def inverse(
+    operator, solver: Solver | None = None, *, damping=0.0, on_failure: str = "raise", progress=None
+) -> Inverse:
     r"""``(A + λI)⁻¹`` as ``solver`` applies it: do the one-time work, apply it many times.
 
     Parameters
@@ -51,6 +53,8 @@ def inverse(operator, solver: Solver | None = None, *, damping=0.0, on_failure: 
         ``λ >= 0``; for a :class:`~invhvp.BlockDiagonal`, one value per block is accepted.
     on_failure : {"raise", "warn", "ignore"}
         Default policy of the inverse's solves when a status is not SUCCESS.
+    progress : callable, optional
+        ``progress(done, total)`` after each block's one-time work (for progress bars).
 
     Returns
     -------
@@ -85,7 +89,8 @@ def inverse(operator, solver: Solver | None = None, *, damping=0.0, on_failure: 
         raise DTypeError(f"solver: expected an invhvp solver instance such as invhvp.CG(), got {solver!r}")
     _precheck(solver, op, "operator")  # refuse before any work
     counted = Counted(op)
-    inv = _build(solver, counted, lam, None)
+    leaves = [0, _count_leaves(op, solver)]
+    inv = _build(solver, counted, lam, None, _Tick(leaves, progress))
     inv.setup_matvec = counted.n
     inv.on_failure = policy
     if reason is not None:
@@ -113,17 +118,35 @@ def _renamed(exc, message):
         return exc
 
 
-def _build(solver, counted, lam, rng):
+def _count_leaves(op, solver) -> int:
+    if isinstance(op, BlockDiagonal) and solver.splits_blocks():
+        return sum(_count_leaves(b, solver) for b in op.blocks)
+    return 1
+
+
+class _Tick:
+    def __init__(self, state, progress):
+        self.state, self.progress = state, progress
+
+    def __call__(self):
+        self.state[0] += 1
+        if self.progress is not None:
+            self.progress(self.state[0], self.state[1])
+
+
+def _build(solver, counted, lam, rng, tick):
     """One inverse per block (recursively for nested block-diagonal operators), or one joint inverse."""
     op = counted.op
     if not (isinstance(op, BlockDiagonal) and solver.splits_blocks()):
-        return solver._factor(counted, lam, rng)
+        inv = solver._factor(counted, lam, rng)
+        tick()
+        return inv
     lams = lam if isinstance(lam, tuple) else (lam,) * op.n_blocks
     parts = []
     for i, (b, (cfg, r), lb) in enumerate(zip(op.blocks, solver._per_block(op, rng), lams)):
         n0 = counted.n
         try:
-            part = _build(cfg, Counted(b, counted.counter), lb, r)
+            part = _build(cfg, Counted(b, counted.counter), lb, r, tick)
         except InvhvpError as exc:  # name the block; typed errors keep their type
             if str(exc).startswith("blocks["):
                 raise

@@ -213,7 +213,7 @@ class Inverse:
         return self.solve(rhs).x
 
     # ----------------------------------------------------------------- quadratic forms
-    def quad(self, left, right=None, *, side="auto", chunk_size=None, on_failure=None, results=None):
+    def quad(self, left, right=None, *, side="auto", chunk_size=None, on_failure=None, results=None, progress=None):
         r"""``left · (A + λI)⁻¹ · rightᵀ`` (``m×n``), the kernel of influence matrices.
 
         ``left`` is ``(m, d)`` (rows = test gradients), ``right`` is ``(n, d)`` or ``None``
@@ -223,7 +223,8 @@ class Inverse:
         products or Gram route; identity: one product); otherwise the smaller side's rows are
         solved in chunks of ``chunk_size`` columns (``side`` forces ``"left"`` or ``"right"``)
         and multiplied by the other side.  Reports of those solves go to ``results`` (a list)
-        with ``x=None``.  Influence is ``−quad`` (docs/theory.md §1).
+        with ``x=None``; ``progress(done, total)`` is called after each block.  Influence is
+        ``−quad`` (docs/theory.md §1).
         """
         policy = self.on_failure if on_failure is None else C.choice(on_failure, "on_failure", FAILURE_POLICIES)
         C.choice(side, "side", ("auto", "left", "right"))
@@ -232,20 +233,20 @@ class Inverse:
             out = self._quad_own(T, chunk_size)
             if out is not None:
                 self._closed_form_policy(policy, results, "quad")
-                return out
+                return _done(out, progress)
             R = self._own_rows()
         else:
             R = self._rows_arg(right, "right")
-        return self._quad_generic(T, R, side, chunk_size, policy, results)
+        return _done(self._quad_generic(T, R, side, chunk_size, policy, results), progress)
 
-    def quad_diag(self, rows=None, *, chunk_size=None, on_failure=None, results=None):
+    def quad_diag(self, rows=None, *, chunk_size=None, on_failure=None, results=None, progress=None):
         """``diag(G · (A + λI)⁻¹ · Gᵀ)`` for rows ``G`` (default: the operator's own factor)."""
         policy = self.on_failure if on_failure is None else C.choice(on_failure, "on_failure", FAILURE_POLICIES)
         if rows is None:
             out = self._diag_own(chunk_size)
             if out is not None:
                 self._closed_form_policy(policy, results, "quad_diag")
-                return out
+                return _done(out, progress)
             G = self._own_rows()
         else:
             G = self._rows_arg(rows, "rows")
@@ -256,7 +257,7 @@ class Inverse:
             res = self.solve(Gc, on_failure=policy, check=self.kind != "direct")
             _record(results, res)
             parts.append(xp.sum(res.x * Gc, axis=0))
-        return xp.concat(parts, axis=0)
+        return _done(xp.concat(parts, axis=0), progress)
 
     def _closed_form_policy(self, policy, results, what):
         """A closed form has no residual: its status is the setup's (e.g. an exact factor's condition)."""
@@ -298,6 +299,12 @@ class Inverse:
 
     def __repr__(self) -> str:
         return f"Inverse({self.solver.name}, {self.info.get('method', '?')}, size={self.size}, damping={self.damping})"
+
+
+def _done(out, progress):
+    if progress is not None:
+        progress(1, 1)
+    return out
 
 
 def _record(results, res: SolveResult):
