@@ -8,6 +8,7 @@ if importlib.util.find_spec("torch") is None:  # pragma: no cover - CI installs 
         "invhvp/adapters/*",
         "invhvp/validate/*",
         "invhvp/interop/_pydvl_curvature.py",
+        "invhvp/interop/_torchfunc.py",
         "tests/test_adapter_*.py",
         "tests/test_validate.py",
     ]

@@ -1,7 +1,7 @@
 """Every Python block of docs/interop.md runs as written.
 
 A block whose first line is ``# requires: NAME`` is skipped when ``NAME`` is not importable
-(pyDVL and captum live in their own environment: ``bash tests/pydvl/run.sh`` runs those).
+(pyDVL and captum live in their own environment: ``bash tests/pydvl_env/run.sh`` runs those).
 """
 
 import importlib.util
@@ -38,8 +38,8 @@ def test_block_runs(code, tmp_path, monkeypatch):
     if first.startswith("# requires:"):
         for name in first.split(":", 1)[1].split(","):
             spec = importlib.util.find_spec(name.strip())
-            if spec is None or spec.origin is None:  # absent, or only a namespace (e.g. the folder tests/pydvl)
-                pytest.skip(f"{name.strip()} is not installed here (bash tests/pydvl/run.sh runs this block)")
+            if spec is None or spec.origin is None:  # absent, or only a namespace (e.g. the folder tests/pydvl_env)
+                pytest.skip(f"{name.strip()} is not installed here (bash tests/pydvl_env/run.sh runs this block)")
     if "torch" in code and importlib.util.find_spec("torch") is None:  # pragma: no cover - CI installs torch
         pytest.skip("torch is not installed")
     monkeypatch.chdir(tmp_path)

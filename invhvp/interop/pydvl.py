@@ -42,7 +42,7 @@ harmful).  Here a *negative* value means up-weighting the training point raises 
     InvhvpInfluence(...).influences(x_t, y_t, x, y) == -ih.influence_matrix(G_train, G_test, ...)
 
 pyDVL is imported only when this module is (``import invhvp.interop`` does not import it);
-pyDVL 0.10 pins ``numpy<2``, so it usually lives in its own environment (``tests/pydvl/run.sh``).
+pyDVL 0.10 pins ``numpy<2``, so it usually lives in its own environment (``tests/pydvl_env/run.sh``).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ __all__ = ["InvhvpInfluence", "InvhvpOperator"]
 _INSTALL_HINT = (
     "invhvp.interop.pydvl needs pyDVL with its torch influence module: "
     "pip install 'pydvl[influence]' torch (pyDVL 0.10 pins numpy<2: use a separate environment, "
-    "see tests/pydvl/run.sh)"
+    "see tests/pydvl_env/run.sh)"
 )
 
 

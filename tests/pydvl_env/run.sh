@@ -3,8 +3,8 @@
 # releases in their own virtual environment: pyDVL 0.10 pins numpy<2, which the main environment
 # does not allow.
 #
-#   bash tests/pydvl/run.sh            # from anywhere; creates .venv-pydvl at the repository root
-#   PYDVL_VENV=/path bash tests/pydvl/run.sh
+#   bash tests/pydvl_env/run.sh            # from anywhere; creates .venv-pydvl at the repository root
+#   PYDVL_VENV=/path bash tests/pydvl_env/run.sh
 #
 # Reuses the environment when it already holds pyDVL 0.10.0 and captum 0.9.0 (delete it to
 # rebuild); extra arguments go to pytest.  pip's output goes to $VENV/install.log, shown on failure.
@@ -28,11 +28,11 @@ then
     if ! "$PY" -m pip install -q torch==2.13.0 "pydvl[influence]==0.10.0" captum==0.9.0 pytest hypothesis -e . \
         >"$VENV/install.log" 2>&1; then
         grep -v "^WARNING: Location" "$VENV/install.log" | tail -40
-        echo "tests/pydvl/run.sh: installing the pyDVL environment failed (log: $VENV/install.log)" >&2
+        echo "tests/pydvl_env/run.sh: installing the pyDVL environment failed (log: $VENV/install.log)" >&2
         exit 1
     fi
 else
     "$PY" -m pip install -q --no-deps -e . >"$VENV/install.log" 2>&1  # this working tree's invhvp
 fi
-echo "tests/pydvl/run.sh: environment ready in $(( $(date +%s) - start )) s ($VENV)"
-"$PY" -m pytest tests/pydvl tests/test_interop_docs.py invhvp/interop/pydvl.py -q -p no:cacheprovider "$@"
+echo "tests/pydvl_env/run.sh: environment ready in $(( $(date +%s) - start )) s ($VENV)"
+"$PY" -m pytest tests/pydvl_env tests/test_interop_docs.py invhvp/interop/pydvl.py -q -p no:cacheprovider "$@"

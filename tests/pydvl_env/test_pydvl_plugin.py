@@ -1,6 +1,6 @@
 """invhvp through pyDVL's own API (``InvhvpInfluence``) against invhvp and against pyDVL itself.
 
-Runs in its own environment (pyDVL 0.10 pins numpy<2): ``bash tests/pydvl/run.sh``.  In the
+Runs in its own environment (pyDVL 0.10 pins numpy<2): ``bash tests/pydvl_env/run.sh``.  In the
 main environment, without pyDVL, the whole module is skipped.
 
 What is compared (float64, tolerance 1e-6 relative to the largest value):
@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 import pytest
 
-pytest.importorskip("pydvl.influence.torch", reason="pyDVL is not installed here: run `bash tests/pydvl/run.sh`")
+pytest.importorskip("pydvl.influence.torch", reason="pyDVL is not installed here: run `bash tests/pydvl_env/run.sh`")
 
 import torch  # noqa: E402
 from pydvl.influence import InfluenceMode  # noqa: E402
