@@ -278,23 +278,25 @@ def diverging_lissa(seed, n_target, log):
                "not_success": sum(v for k, v in c.items() if k != "success") / max(m, 1),
                "diverged_or_nonfinite": (c["diverged"] + c["nonfinite"]) / max(m, 1),
                "by_mode": {md: dict(collections.Counter(r["status"] for r in rows if r["mode"] == md))
-                           for md in ("step", "batch", "both")}}
+                           for md in ("step", "batch", "both")},
+               "by_operator": {f"{o}/{b}": dict(collections.Counter(
+                   r["status"] for r in rows if r["op"] == o and (r["batch"] is None) == (b == "full")))
+                   for o in ("dense", "lowrank") for b in ("full", "mini-batch")}}
     log(f"\nPart 2: {m} diverging explicit LiSSA configurations (confirmed by a numpy loop; {tries} draws)")
     log(f"  statuses: {dict(c)}")
     log(f"  not SUCCESS: {summary['not_success']:.1%}   DIVERGED/NONFINITE: {summary['diverged_or_nonfinite']:.1%}")
-    for md, cc in summary["by_mode"].items():
-        log(f"  mode {md:5s}: {cc}")
-    bad = [r for r in rows if r["status"] == "success"]
-    for r in bad[:10]:
-        log(f"  SUCCESS on a diverging config: {r}")
+    for md, cc in list(summary["by_mode"].items()) + list(summary["by_operator"].items()):
+        log(f"  {md:18s}: {cc}")
+    for r in [r for r in rows if r["status"] not in ("diverged", "nonfinite")][:10]:
+        log(f"  not DIVERGED/NONFINITE: {r}")
     return summary, rows
 
 
 # ----------------------------------------------------------------------------- report
-def table(recs, log):
+def table(recs, log, key=lambda r: (r["op"], r["solver"], r["dtype"]), head=("op", "solver", "dtype")):
     cells = collections.defaultdict(collections.Counter)
     for r in recs:
-        c = cells[(r["op"], r["solver"], r["dtype"])]
+        c = cells[key(r)]
         c["total"] += 1
         o = r["outcome"]
         c[o if o in STATUSES else ("typed" if o.startswith("E:") else "defect")] += 1
@@ -304,14 +306,14 @@ def table(recs, log):
     cols = ["total", "success", "inaccurate", "max_iter", "diverged", "nonpositive_curvature", "nonfinite",
             "typed", "defect", "silent", "over"]
     short = ["total", "SUCC", "INACC", "MAXIT", "DIVG", "NONPOS", "NONFIN", "typed", "DEFECT", "SILENT", "over"]
-    log("\n| op | solver | dtype | " + " | ".join(short) + " |")
-    log("|---|---|---|" + "---|" * len(cols))
+    log("\n| " + " | ".join(head) + " | " + " | ".join(short) + " |")
+    log("|" + "---|" * (len(head) + len(cols)))
     for key in sorted(cells):
         log("| " + " | ".join(key) + " | " + " | ".join(str(cells[key][c]) for c in cols) + " |")
     tot = collections.Counter()
     for c in cells.values():
         tot.update(c)
-    log("| **all** | | | " + " | ".join(f"**{tot[c]}**" for c in cols) + " |")
+    log("| **all** |" + " |" * (len(head) - 1) + " " + " | ".join(f"**{tot[c]}**" for c in cols) + " |")
     return {"|".join(k): dict(v) for k, v in cells.items()}, tot
 
 
@@ -351,6 +353,7 @@ def main(argv=None):
             print(f"  ... {i + 1}/{n} problems, {len(recs)} solves, {time.perf_counter() - t0:.0f} s", flush=True)
     t1 = time.perf_counter()
     cells, tot = table(recs, log)
+    table(recs, log, key=lambda r: (r["solver"], r["dtype"]), head=("solver", "dtype"))
     log(f"\n{len(recs)} solves of {n} operator problems in {t1 - t0:.0f} s; reference untrusted (claims that need x* "
         f"unchecked) for {sum(untrusted.values())} problems: {dict(untrusted)}")
     typed = collections.Counter((r["solver"], r["outcome"][2:]) for r in recs if r["outcome"].startswith("E:"))
