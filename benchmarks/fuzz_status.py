@@ -131,6 +131,7 @@ def evaluate(p, label, solver, claim, res):
         below = bool(np.any(tol < fi.eps * (bnorm + float(np.max(np.abs(p.eig_M))) * np.linalg.norm(x, axis=0))))
         why = f"true/tol {_bucket(ratio)}" + (", tol below eps·(‖b‖+‖A‖‖x‖)" if below else "")
         why += ", reported residual 0" if rn is not None and np.any(rn == 0) else ""
+        cg_detail = f"true residual / tol {ratio:.3g}"
     elif label.startswith("lissa") and have:
         ok = bool(np.all(rel <= 3 * claim["rtol"]))
         strict = bool(np.all(rel <= claim["rtol"]))
@@ -165,6 +166,7 @@ def evaluate(p, label, solver, claim, res):
             silent.append("SUCCESS with non-finite/absent residual_norm|")
         if ok is False:
             detail = f"rel err {np.max(rel):.3g}, rtol {claim.get('rtol')}" if rel is not None else ""
+            detail = cg_detail if label.startswith("cg") else detail
             silent.append(f"claim: {why}{rng_note}|{detail}")
     if rn is not None and finite and np.all(np.isfinite(rn)):
         allow = fi.eps * p.d * (bnorm + float(np.max(np.abs(p.eig_M))) * np.linalg.norm(x, axis=0))
@@ -260,7 +262,7 @@ def diverging_lissa(seed, n_target, log):
         op = ih.Dense((0.5 * (G + G.T)).astype(dtype)) if dense else ih.LowRankPlusIdentity(U.astype(dtype))
         cfg = ih.LiSSA(step=float(eta), batch_size="full" if B is None else B, steps=T, rng=int(rng.integers(2**31)))
         row = {"op": "dense" if dense else "lowrank", "dtype": dtype, "mode": mode, "batch": B, "steps": T,
-               "step_over_2_lmax": float(eta * top / 2), "batch_over_threshold": None if B is None else B / thr}
+               "step_over_2_lmax": float(eta * top / 2), "batch_over_threshold": None if B is None else float(B / thr)}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
