@@ -32,9 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import numpy as np  # noqa: E402
 
 import invhvp as ih  # noqa: E402
-from invhvp.errors import InvhvpError  # noqa: E402
-
 from benchmarks import fuzz_problems as FP  # noqa: E402
+from invhvp.errors import InvhvpError  # noqa: E402
 
 SOLVERS = ("exact", "cg", "cg_jacobi", "datainf", "lissa_auto", "lissa_explicit", "identity")
 STATUSES = [s.value for s in ih.Status]
