@@ -205,7 +205,10 @@ def test_cg_recursive_residual_drift_is_restarted_from_the_true_residual():
     b = rng.standard_normal(80)
     res = ih.solve(ih.Dense(M), b, ih.CG(rtol=1e-9, maxiter=5000), damping=0.0, on_failure="ignore")
     r = np.linalg.norm(b - M @ res.x)
-    assert res.ok == (r <= 1e-9 * np.linalg.norm(b) * (1 + 1e-6))
+    if res.ok:  # SUCCESS is a claim about the true residual
+        assert r <= 1e-9 * np.linalg.norm(b) * (1 + 1e-6)
+    else:
+        assert res.status in (Status.INACCURATE, Status.MAX_ITER)
 
 
 def test_jacobi_uses_the_damping():

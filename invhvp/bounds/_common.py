@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import _backend as Bk
 from .. import _checks as C
-from .._arrays import CHUNK_ELEMENTS, row_sq_norms
+from .._arrays import gram64, row_sq_norms
 from ..errors import DampingError
 
 
@@ -25,15 +25,8 @@ def _scaled_norms64(xp, U, n, s):
 
 
 def _gram64(xp, U):
-    """``U Uᵀ`` (``n×n``) accumulated in float64 over column chunks of ``U``."""
-    n, d = (int(v) for v in U.shape)
-    c = max(1, CHUNK_ELEMENTS // max(n, 1))
-    K = None
-    for j in range(0, d, c):
-        V = xp.astype(U[:, j : j + c], xp.float64)
-        P = V @ V.T
-        K = P if K is None else K + P
-    return K
+    """``U Uᵀ`` in float64 (see :func:`invhvp._arrays.gram64`)."""
+    return gram64(U)
 
 
 def _eye64(xp, r, like):

@@ -215,7 +215,7 @@ class LissaInverse(Inverse):
             budget_mv = None if solver.explicit else float(DEFAULT_MAX_MATVEC)
         unit = n if n is not None else 1
         p = plan_lissa(
-            self.L if solver.step is None else self.L_check,
+            self.L if solver.step is None else self._plan_L(solver.step),
             self.lam_eff,
             est.get("sigma1_sq", 0.0),
             solver.rtol,
@@ -232,9 +232,17 @@ class LissaInverse(Inverse):
             self.info["lambda_max_note"] = est["lambda_max_user_rejected"]
         self._set_setup_status(p, budget_mv, unit, bs)
 
+    def _plan_L(self, step: float) -> float:
+        """``λ_max`` for evaluating a user step: within the dtype's precision of ``1/(λ_max+λ)`` counts as on it."""
+        slack = 1 + 100 * Bk.eps(self.operator.dtype)
+        if step <= slack / (self.L_check + self.lam_eff):
+            return min(self.L_check, max(1.0 / step - self.lam_eff, 0.0))
+        return self.L_check
+
     def _set_setup_status(self, p, budget_mv, unit, bs):
         eta_max = 1.0 / (self.L_check + self.lam_eff)
-        if p.step > eta_max * (1 + 1e-9):
+        # λ_max of data held in this dtype is known to about its precision
+        if p.step > eta_max * (1 + 100 * Bk.eps(self.operator.dtype)):
             self.setup_status = Status.INACCURATE
             self.info["advice"] = (
                 f"step η={p.step:.3g} exceeds 1/(λ_max+λ)={eta_max:.3g} (λ_max estimate {self.L:.3g}): "
@@ -265,6 +273,7 @@ class LissaInverse(Inverse):
         lam, k = float(self.damping), int(V.shape[1])
         n = op.n_samples
         vnorm = col_norms64(V)
+        u = Bk.eps(op.dtype)
         limit = s.divergence_factor * vnorm / self.lam_eff
         U = xp.zeros(V.shape, dtype=V.dtype, device=Bk.device_of(V))
         good, t_good, status, best_r, samples = U, 0, Status.SUCCESS, None, 0
@@ -288,9 +297,11 @@ class LissaInverse(Inverse):
             if np.any(nrm > limit):
                 status = Status.DIVERGED
                 break
-            if Bsz is None and t > 1:  # full batch: ‖r_t‖ never grows for η <= 2/(λ_max+λ)
+            if Bsz is None and t > 1:  # full batch: ‖r_t‖ never grows for η <= 2/(λ_max+λ) ...
                 rn = col_norms64(G)
-                if best_r is not None and np.any(rn > 2.0 * best_r):
+                # ... beyond the rounding noise of computing it, u·(‖v‖ + (λ_max + λ)‖u‖)
+                floor = 100.0 * u * (vnorm + (self.L + self.lam_eff) * nrm)
+                if best_r is not None and np.any((rn > 2.0 * best_r) & (rn > floor)):
                     status = Status.DIVERGED
                     break
                 best_r = rn if best_r is None else np.minimum(best_r, rn)
