@@ -57,6 +57,15 @@ def eps(dtype) -> float:
     return float(np.finfo(dtype).eps)
 
 
+def tiny(dtype) -> float:
+    """Smallest positive normal number of a numpy or torch floating dtype."""
+    if _is_torch_dtype(dtype):
+        import torch
+
+        return float(torch.finfo(dtype).tiny)
+    return float(np.finfo(dtype).tiny)
+
+
 def _is_torch_dtype(dtype) -> bool:
     return type(dtype).__module__.startswith("torch")
 

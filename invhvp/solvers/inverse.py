@@ -179,11 +179,13 @@ class Inverse:
         if not np.all(np.isfinite(chk.r)):
             info.setdefault("advice", "the residual is NaN or infinite: the operator's products are not finite")
             return X, Status.NONFINITE, out.n_iter, n_mv, info, chk.r, n_check
-        if np.any((chk.x == 0.0) & (chk.b > 0.0)) and self.kind != "approximation":
+        # a solution at the bottom of the dtype's range (subnormal entries) has lost its precision
+        tiny = Bk.tiny(op.dtype) / math.sqrt(Bk.eps(op.dtype))
+        if np.any((chk.x < tiny) & (chk.b > 0.0)) and self.kind != "approximation":
             prior = info.get("advice")
             info["advice"] = (prior + "; " if prior else "") + (
-                "a solution column is exactly 0 for a nonzero right-hand side: the solution underflows "
-                f"{op.dtype} (rescale the problem or use float64)"
+                f"a solution column has norm below {tiny:.2g}, at the bottom of {op.dtype}'s range (subnormal or "
+                "zero entries lose their precision): rescale the problem or use float64"
             )
             status = Status.worst([status, Status.INACCURATE])
             return X, status, out.n_iter, n_mv, self._with_setup_advice(info), chk.r, n_check
