@@ -38,6 +38,7 @@ class Identity(Solver):
 
 class IdentityInverse(Inverse):
     kind = "approximation"
+    computes_x = False
 
     def __init__(self, solver, counted, damping):
         super().__init__(

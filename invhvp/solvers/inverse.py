@@ -88,6 +88,8 @@ class Inverse:
 
     #: "direct" (accuracy known at setup), "iterative" or "approximation"
     kind = "direct"
+    #: whether x is computed (False for the identity, which returns b): underflow is then checked
+    computes_x = True
 
     def __init__(self, solver, counted: Counted, damping, info: dict | None = None):
         self.solver = solver
@@ -181,7 +183,7 @@ class Inverse:
             return X, Status.NONFINITE, out.n_iter, n_mv, info, chk.r, n_check
         # a solution at the bottom of the dtype's range (subnormal entries) has lost its precision
         tiny = Bk.tiny(op.dtype) / math.sqrt(Bk.eps(op.dtype))
-        if np.any((chk.x < tiny) & (chk.b > 0.0)) and self.kind != "approximation":
+        if np.any((chk.x < tiny) & (chk.b > 0.0)) and self.computes_x:
             prior = info.get("advice")
             info["advice"] = (prior + "; " if prior else "") + (
                 f"a solution column has norm below {tiny:.2g}, at the bottom of {op.dtype}'s range (subnormal or "
