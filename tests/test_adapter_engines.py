@@ -423,3 +423,33 @@ def test_chunks_go_to_the_sink_in_order():
     for b, block in enumerate(ref):
         torch.testing.assert_close(torch.cat([call[b] for call in sink.calls]), block)
     torch.testing.assert_close(losses, ref.losses)
+
+
+def test_float64_model_with_float32_data_is_a_typed_error_naming_data():
+    import invhvp as ih
+    from invhvp.adapters import per_sample_gradients
+
+    m = torch.nn.Linear(4, 2).double()
+    X, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+    for engine in ("hooks", "vmap"):
+        with pytest.raises(ih.errors.DTypeError, match="data"):
+            per_sample_gradients(m, lambda mm, b: torch.nn.functional.cross_entropy(mm(b[0]), b[1], reduction="none"),
+                                 (X, y), engine=engine)
+
+
+def test_coupling_loss_is_caught_after_a_first_chunk_of_identical_samples():
+    from invhvp.adapters import SampleCouplingError, per_sample_gradients
+
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 2).double()
+
+    def coupled(mm, b):
+        out = torch.nn.functional.cross_entropy(mm(b[0]), b[1], reduction="none")
+        return out + 0.1 * out.mean()
+
+    X = torch.randn(40, 4, dtype=torch.float64)
+    X[:10] = X[0]  # the first chunk cannot show the coupling
+    y = torch.zeros(40, dtype=torch.long)
+    for engine in ("hooks", "vmap"):
+        with pytest.raises(SampleCouplingError):
+            per_sample_gradients(m, coupled, (X, y), engine=engine, chunk_size=10)

@@ -35,7 +35,17 @@ def call_loss(loss_fn, model, params, batch, size, what="loss_fn"):
     ``params=None`` calls ``loss_fn`` with ``model`` itself; otherwise with a stand-in that
     runs ``model`` with ``params`` substituted (``functional_call``).
     """
-    out = loss_fn(model if params is None else _Functional(model, params), batch)
+    try:
+        out = loss_fn(model if params is None else _Functional(model, params), batch)
+    except RuntimeError as exc:
+        if not _dtype_mismatch(exc):
+            raise
+        dtypes = sorted({str(p.dtype) for p in model.parameters()})
+        raise DTypeError(
+            f"data: the model (parameters of dtype {', '.join(dtypes)}) cannot take this batch: {exc}. "
+            "Convert the batch's floating tensors to the model's dtype (e.g. X.to(torch.float64)), or the "
+            "model to the data's (model.float())"
+        ) from exc
     if not isinstance(out, torch.Tensor):
         raise DTypeError(f"{what}: must return a tensor of per-sample losses, got {type(out).__name__}")
     if tuple(out.shape) != (size,):
@@ -44,6 +54,11 @@ def call_loss(loss_fn, model, params, batch, size, what="loss_fn"):
             f"{tuple(out.shape)}; use reduction='none' instead of a mean or sum"
         )
     return out
+
+
+def _dtype_mismatch(exc: RuntimeError) -> bool:
+    msg = str(exc)
+    return "dtype" in msg or "expected scalar type" in msg.lower() or "Float and Double" in msg
 
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
