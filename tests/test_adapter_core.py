@@ -365,3 +365,21 @@ def test_model_influence_reports_solver_statuses_and_phases():
     cg = influence(model, ce, res.train_gradients, res.test_gradients, ih.CG(rtol=1e-10))
     assert all(r.info["method"] == "cg" and r.residual_norm is not None for r in cg.info["reports"])
     torch.testing.assert_close(cg.values, res.values, rtol=1e-6, atol=1e-9)
+
+
+def test_cg_on_a_dropout_hvp_in_train_mode_is_not_success():
+    import warnings
+
+    from invhvp.adapters import hvp_operator
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(
+        torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Dropout(0.3), torch.nn.Linear(16, 3)
+    ).double().train()
+    X, y = torch.randn(40, 5, dtype=torch.float64), torch.randint(0, 3, (40,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        H = hvp_operator(m, ce, [(X, y)])
+        b = torch.randn(H.size, dtype=torch.float64)
+        res = ih.solve(H, b, ih.CG(rtol=1e-6), damping=1.0, on_failure="ignore")
+    assert res.status is not ih.Status.SUCCESS and "dropout" in res.info["advice"]

@@ -183,7 +183,9 @@ class CGInverse(Inverse):
         elif worst in (Status.MAX_ITER, Status.INACCURATE):
             info["advice"] = (
                 "CG did not reach its tolerance on the true residual: raise maxiter, add damping, use a "
-                "preconditioner (e.g. preconditioner='nystrom'), or float64 if rtol is near the precision limit"
+                "preconditioner (e.g. preconditioner='nystrom'), or float64 if rtol is near the precision limit; "
+                "if restarts keep missing, the operator's products may be random (a model in train mode with "
+                "dropout: call model.eval())"
             )
         return Outcome(x=X, status=worst, n_iter=total, info=info, residual=R, check_matvec=k)
 
