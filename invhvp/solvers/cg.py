@@ -12,7 +12,7 @@ import numpy as np
 from .. import _backend as Bk
 from .. import _checks as C
 from .._arrays import as_generator, col_norms64
-from ..errors import InputError, ShapeError
+from ..errors import InputError, NonFiniteError, ShapeError
 from ..result import Status
 from .base import Counted, Outcome, Solver
 from .curvature import lower_end, nonpositive_advice
@@ -141,11 +141,18 @@ class CG(Solver):
                               steps=self.lanczos_steps, safety=self.safety)
         fast, how = fast_operator(op, counted)
         p = as_preconditioner(self.preconditioner)
-        applied = None
+        applied, note = None, None
         if p is not None and (lower is None or lower["certified"]):
-            applied = p.build_with_lower(fast, damping, rng, None if lower is None else lower["lower"])
-            counted.add(applied.n_matvec)
-        return CGInverse(self, counted, damping, applied, fast, how, lower)
+            try:
+                applied = p.build_with_lower(fast, damping, rng, None if lower is None else lower["lower"])
+                counted.add(applied.n_matvec)
+            except NonFiniteError as exc:  # the iteration reports NONFINITE with the result, not an exception
+                note = f"preconditioner not built: {exc}"
+        inv = CGInverse(self, counted, damping, applied, fast, how, lower)
+        if note:
+            inv.info["preconditioner"] = "none"
+            inv.info["preconditioner_note"] = note
+        return inv
 
 
 class CGInverse(Inverse):
