@@ -140,7 +140,8 @@ class NystromInverse(Inverse):
             rank=a.rank,
             products=how,
             nu=a.nu,
-            lambda_hat_1=float(a.values[0]),
+            lambda_hat_1=a.top,
+            truncated=a.truncated,
             lambda_hat_tail=a.tail,
             sketch_matvec=a.n_matvec,
             sketch_seconds=a.seconds,
@@ -168,7 +169,7 @@ class NystromInverse(Inverse):
 
     def _relative(self, X, R):
         beta, xn = self._energy_bound(R), col_norms64(X)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return np.where(beta < xn, beta / np.maximum(xn - beta, 1e-300), np.inf)
 
     def _apply(self, B):

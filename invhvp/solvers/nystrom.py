@@ -38,7 +38,8 @@ __all__ = ["NystromPreconditioner", "NystromApplied"]
 class NystromApplied(Applied):
     """A built Nyström preconditioner; ``approx``, ``mu`` and ``bounds`` describe it.
 
-    ``bounds``: ``m_lower`` (``μ − ν <= λ_min(M)``), ``m_upper`` (estimated upper bound on
+    ``bounds``: ``m_lower`` (``μ − ν <= λ_min(M)``; ``λ̂_ℓ + μ − ν`` when the sketch spans the
+    whole space, which leaves no complement), ``m_upper`` (estimated upper bound on
     ``λ_max(M)``), ``p_max`` (``κ_P = λ_max(P)``, ``λ_min(P) = 1``), ``lambda_max_upper``
     (``λ̂_1 + ‖E‖``: an estimated upper bound on ``λ_max(A − sI)``), or ``None`` where ``‖E‖``
     was not estimated.
@@ -174,17 +175,21 @@ def _applied(approx, mu, size, n_mv, fixed, cfg) -> NystromApplied:
         return approx.apply_function(R, f, 1.0)
 
     err = approx.error
-    lam1 = float(approx.values[0]) if approx.values.size else 0.0
+    lam1 = approx.top
     bounds = None
     if err is not None and mu > 0:
+        # M ⪰ P^{-1/2}(Ĥ + μI)P^{-1/2} - ν: eigenvalue λ̂_ℓ + μ on range(V), μ on its complement
+        full = approx.rank == size and not approx.truncated
         bounds = {
-            "m_lower": mu - approx.nu,
+            "m_lower": (tail if full else 0.0) + mu - approx.nu,
             "m_upper": tail + mu + err["upper"],
             "p_max": (lam1 + mu) / (tail + mu),
             "lambda_max_upper": lam1 + err["upper"],
         }
     info = {
         "rank": approx.rank,
+        "sketch_columns": approx.history[-1]["rank"],
+        "truncated": approx.truncated,
         "adaptive": not fixed,
         "growth": approx.history,
         "kappa_target": None if fixed else cfg.kappa_target,

@@ -78,6 +78,9 @@ class NystromApprox:
         The :func:`error_norm` estimate of ``‖H − Ĥ‖`` (``value``, ``upper``, ...).
     kappa : float or None
         Estimated condition number ``(λ̂_ℓ + μ + ‖E‖)/μ`` of the preconditioned system.
+    truncated : int
+        Columns dropped because ``λ̂_i <= ν`` (the sketch exceeded the numerical rank; their
+        directions count as eigenvalue 0, so ``tail`` is 0).
     """
 
     V: object
@@ -90,6 +93,7 @@ class NystromApprox:
     seconds: float = 0.0
     error: dict | None = None
     kappa: float | None = None
+    truncated: int = 0
 
     @property
     def rank(self) -> int:
@@ -97,8 +101,13 @@ class NystromApprox:
 
     @property
     def tail(self) -> float:
-        """``λ̂_ℓ``, the smallest retained eigenvalue (0 for an empty sketch)."""
-        return float(self.values[-1]) if self.values.size else 0.0
+        """``λ̂_ℓ``, the smallest eigenvalue of the sketch (0 when columns were truncated, or none kept)."""
+        return float(self.values[-1]) if self.values.size and not self.truncated else 0.0
+
+    @property
+    def top(self) -> float:
+        """``λ̂_1`` (0 for an empty sketch)."""
+        return float(self.values[0]) if self.values.size else 0.0
 
     def apply_function(self, R, f_values, f_rest: float):
         """``V diag(f(λ̂)) Vᵀ R + f_rest (I − VVᵀ) R`` with ``f_values`` a device array: ``O(dℓk)``."""
@@ -189,8 +198,14 @@ class _Sketch:
         self.G_oy = xp.concat([xp.concat([self.G_oy, c], axis=1), xp.concat([e, f], axis=1)], axis=0)
         self.Om, self.Y = xp.concat([self.Om, Z], axis=1), xp.concat([self.Y, HZ], axis=1)
 
-    def core(self):
-        """``(C, K, ν)``: ``ΩᵀY_ν = CCᵀ`` and ``K = C⁻¹ Y_νᵀY_ν C⁻ᵀ`` (float64), eigenvalues of ``Ĥ_ν``."""
+    def core(self) -> dict:
+        """``ΩᵀY_ν = CCᵀ`` and the eigenvalues ``σ²`` of ``Ĥ_ν`` (descending, float64 on the device).
+
+        float32 working precision: ``K = C⁻¹ Y_νᵀY_ν C⁻ᵀ`` from the float64 Grams (``ν² ≈ eps₃₂²‖Y‖²``
+        is far above float64 rounding, so nothing is lost).  float64: the Gram would square the
+        condition number below the working precision, so ``B = Y_ν C⁻ᵀ = QR_B`` and
+        ``σ = svd(R_B)`` (the published algorithm, Householder QR).
+        """
         xp, ell = self.xp, self.ell
         fro = math.sqrt(max(float(xp.sum(xp.linalg.diagonal(self.G_yy))), 0.0))
         if not math.isfinite(fro):
@@ -209,10 +224,15 @@ class _Sketch:
                         "operator (minus its lower bound) is not positive semidefinite, or not symmetric"
                     ) from None
                 nu *= 10.0
-        G = self.G_yy + nu * (self.G_oy + self.G_oy.T) + (nu * nu) * eye
-        X = Bk.solve_triangular(xp, C, G)
-        K = _sym(Bk.solve_triangular(xp, C, X.T).T)
-        return C, K, nu
+        if Bk.eps(self.op.dtype) > 1e-10:
+            G = self.G_yy + nu * (self.G_oy + self.G_oy.T) + (nu * nu) * eye
+            X = Bk.solve_triangular(xp, C, G)
+            K = _sym(Bk.solve_triangular(xp, C, X.T).T)
+            return {"C": C, "nu": nu, "K": K, "sig2": xp.flip(xp.linalg.eigvalsh(K), axis=0)}
+        B = Bk.solve_triangular(xp, C, (self.Y + nu * self.Om).T).T
+        Q, Rb = xp.linalg.qr(B)
+        Ur, sv, _ = xp.linalg.svd(Rb, full_matrices=False)
+        return {"C": C, "nu": nu, "Q": Q, "Ur": Ur, "sig2": sv * sv}
 
     def implicit_residual(self, C, nu):
         """``x ↦ (H + ν)x − Y_ν(ΩᵀY_ν)⁻¹Y_νᵀx`` (``E_ν``, with ``‖E‖ <= ‖E_ν‖ + ν``) without forming ``V``."""
@@ -227,17 +247,22 @@ class _Sketch:
 
         return mm
 
-    def finish(self, C, K, nu):
-        """``(V, σ² descending)``: ``V = Y_ν C⁻ᵀ W Σ⁻¹`` in float64, orthonormal to working precision."""
+    def finish(self, core: dict):
+        """``(V, σ² descending)`` with ``V`` orthonormal to working precision.
+
+        float32: ``V = Y_ν C⁻ᵀ W Σ⁻¹`` formed in float64 row chunks (in float32 this product
+        would lose orthogonality in proportion to ``λ̂_1/λ̂_i``); float64: ``V = Q_B U_R``.
+        """
         xp = self.xp
-        w, W = xp.linalg.eigh(K)
+        if "Q" in core:
+            return core["Q"] @ core["Ur"], core["sig2"]
+        w, W = xp.linalg.eigh(core["K"])
         w, W = xp.flip(w, axis=0), xp.flip(W, axis=1)
-        Zc = Bk.solve_triangular(xp, C, W, trans=True)
+        Zc = Bk.solve_triangular(xp, core["C"], W, trans=True)
         R = Zc / xp.sqrt(xp.where(w > 0, w, xp.ones_like(w)))[None, :]
-        Y, Om = self.Y, self.Om
-        rows = rows_per_chunk(3 * self.ell)
+        Y, Om, nu = self.Y, self.Om, core["nu"]
         parts = []
-        for sl in row_chunks(self.op.size, rows):
+        for sl in row_chunks(self.op.size, rows_per_chunk(3 * self.ell)):
             yn = xp.astype(Y[sl, :], xp.float64) + nu * xp.astype(Om[sl, :], xp.float64)
             parts.append(xp.astype(yn @ R, self.op.dtype))
         V = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
@@ -305,15 +330,18 @@ def nystrom(
 
     while True:
         sk.add(ell - sk.ell)
-        C, K, nu = sk.core()
-        lam = np.maximum(Bk.to_host(xp_flip_eigvalsh(sk.xp, K), np.float64) - nu, 0.0)
+        core = sk.core()
+        nu = core["nu"]
+        lam = np.maximum(Bk.to_host(core["sig2"], np.float64) - nu, 0.0)
         history.append({"rank": ell, "tail": float(lam[-1])})
         if adaptive and room() and lam[-1] + mu > kappa_target * mu:
             ell = min(2 * ell, cap)
             continue
         err = None
         if error_steps > 0 and (spend is None or counted.n - n0 + error_steps <= spend):
-            err = error_norm(counted.op, sk.implicit_residual(C, nu), rng, error_steps, safety, extra=nu)
+            err = error_norm(
+                counted.op, sk.implicit_residual(core["C"], nu), rng, error_steps, safety, extra=nu
+            )
             history[-1]["error_upper"] = err["upper"]
             if mu is not None and mu > 0:
                 kappa = (float(lam[-1]) + mu + err["upper"]) / mu
@@ -322,12 +350,21 @@ def nystrom(
                 ell = min(2 * ell, cap)
                 continue
         break
-    V, sig2 = sk.finish(C, K, nu)
+    V, sig2 = sk.finish(core)
     xp = sk.xp
+    vals = np.maximum(Bk.to_host(sig2, np.float64) - nu, 0.0)
+    vals_dev = xp.where(sig2 > nu, sig2 - nu, xp.zeros_like(sig2))
+    # columns at the noise level (λ̂ <= ν: the sketch exceeds the numerical rank) are not accurate
+    # directions; dropping them equals keeping them with λ̂ = 0 (``tail`` is then 0)
+    keep = np.flatnonzero(vals > nu)
+    truncated = int(vals.size - keep.size)
+    if truncated:
+        sel = keep if not Bk.is_torch(xp) else _torch_index(keep, V)
+        V, vals, vals_dev = V[:, sel], vals[keep], vals_dev[sel]
     return NystromApprox(
         V=V,
-        values=np.maximum(Bk.to_host(sig2, np.float64) - nu, 0.0),
-        values_dev=xp.where(sig2 > nu, sig2 - nu, xp.zeros_like(sig2)),
+        values=vals,
+        values_dev=vals_dev,
         shift=sk.shift,
         nu=float(nu),
         n_matvec=counted.n - n0,
@@ -335,12 +372,14 @@ def nystrom(
         seconds=time.perf_counter() - t0,
         error=err,
         kappa=kappa,
+        truncated=truncated,
     )
 
 
-def xp_flip_eigvalsh(xp, K):
-    """Eigenvalues of symmetric ``K``, descending."""
-    return xp.flip(xp.linalg.eigvalsh(K), axis=0)
+def _torch_index(idx, like):
+    import torch
+
+    return torch.as_tensor(idx, device=like.device)
 
 
 class _Products(Operator):
