@@ -138,7 +138,9 @@ def setup_lissa(solver, counted, lam: float, gen) -> LissaSetup:
     plain_cost = math.inf if plain is None else _cost(plain)
     if forced or (mode == "auto" and not solver.explicit and plain_cost > solver.precondition_above * unit):
         pc = NystromPreconditioner() if mode in ("auto", "nystrom") else mode
-        applied = pc.build_with_lower(fast()[0], lam, gen, None if op.psd else shift)
+        # the solver's generator seeds the default sketch; a user's instance keeps its own seed
+        seed = gen if mode in ("auto", "nystrom") else None
+        applied = pc.build_with_lower(fast()[0], lam, seed, None if op.psd else shift)
         counted.add(applied.n_matvec)
         b = applied.bounds
         info["preconditioner_info"] = applied.info
