@@ -26,18 +26,18 @@ def hessian():
     dense = H.to_dense().numpy()
     dense = (dense + dense.T) / 2
     rhs = np.concatenate([g[:3] for g in prob.test_grads], axis=1).T  # 3 test gradients, block order
-    return H, dense, torch.as_tensor(np.ascontiguousarray(rhs))
+    return H, dense, torch.as_tensor(np.ascontiguousarray(rhs)), prob, model
 
 
 def test_the_digits_hessian_is_indefinite(hessian):
-    H, dense, rhs = hessian
+    H, dense, rhs, _, _ = hessian
     ev = np.linalg.eigvalsh(dense)
     assert not H.psd and ev[0] < 0 < ev[-1] and H.size == rhs.shape[0] == 144
 
 
 @pytest.mark.slow
 def test_cg_and_lissa_agree_with_a_dense_hessian_solve(hessian):
-    H, dense, rhs = hessian
+    H, dense, rhs, _, _ = hessian
     lmin = np.linalg.eigvalsh(dense)[0]
     lam = 2.0 * abs(lmin)
     xs = np.linalg.solve(dense + lam * np.eye(H.size), rhs.numpy())
@@ -60,3 +60,20 @@ def test_cg_and_lissa_agree_with_a_dense_hessian_solve(hessian):
             ih.solve(H, rhs, solver, damping=below)
         assert ei.value.result.status is ih.Status.NONPOSITIVE_CURVATURE
         assert "damping" in ei.value.result.info["advice"]
+
+
+@pytest.mark.slow
+def test_lissa_batch_study_on_the_hessian(hessian, tmp_path):
+    from invhvp.validate.hessian_study import lissa_batch_rows_hessian
+    from invhvp.validate.plots import make_plots
+
+    H, dense, _, prob, model = hessian
+    rows, meta = lissa_batch_rows_hessian(prob, model, [64], 40, repeats=1)
+    ev = np.linalg.eigvalsh(dense)
+    assert meta["setting"] == "digits-hessian" and meta["lambda_min"] == pytest.approx(ev[0], rel=1e-6)
+    assert meta["damping"] >= 2 * abs(ev[0]) and meta["threshold"] == pytest.approx(12.0, rel=1e-6)
+    assert meta["sigma1_sq"] <= meta["sigma1_sq_trace_bound"]  # λ_max(S) <= tr(S) for PSD S
+    big = rows[-1]
+    assert big["above_threshold"] and big["diverged"] == 0 and big["error_max"] <= big["bound"]
+    (png,) = make_plots(tmp_path, [], [], [{"meta": meta, "rows": rows}])
+    assert png.name == "lissa_batch_digits-hessian.png" and png.stat().st_size > 1000

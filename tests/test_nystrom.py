@@ -133,8 +133,14 @@ def test_preconditioner_needs_a_lower_bound_for_indefinite_operators():
 
 @pytest.mark.parametrize(
     "kwargs,name",
-    [({"rank": 0}, "rank"), ({"kappa_target": 1.0}, "kappa_target"), ({"max_memory": 0.0}, "max_memory"),
-     ({"error_steps": -1}, "error_steps"), ({"rng": "x"}, "rng"), ({"initial_rank": 1.5}, "initial_rank")],
+    [
+        ({"rank": 0}, "rank"),
+        ({"kappa_target": 1.0}, "kappa_target"),
+        ({"max_memory": 0.0}, "max_memory"),
+        ({"error_steps": -1}, "error_steps"),
+        ({"rng": "x"}, "rng"),
+        ({"initial_rank": 1.5}, "initial_rank"),
+    ],
 )
 def test_bad_preconditioner_arguments_name_them(kwargs, name):
     with pytest.raises(InputError, match=name):
@@ -216,7 +222,10 @@ def test_nystrom_covering_the_spectrum_matches_exact(bk):
     M, _ = decaying(50, n_nonzero=10, seed=8)
     U = np.random.default_rng(9).standard_normal((10, 70))
     rhs = np.random.default_rng(10).standard_normal((50, 3))
-    for op, b, r in [(ih.Dense(bk.asarray(M, "float64")), rhs, 12), (ih.LowRankPlusIdentity(bk.asarray(U, "float64")), rhs[:, :2].repeat(2, 0)[:70], 10)]:
+    for op, b, r in [
+        (ih.Dense(bk.asarray(M, "float64")), rhs, 12),
+        (ih.LowRankPlusIdentity(bk.asarray(U, "float64")), rhs[:, :2].repeat(2, 0)[:70], 10),
+    ]:
         B = bk.asarray(b, "float64")
         x = host64(ih.solve(op, B, ih.Nystrom(rank=r, rtol=1e-6), damping=1e-3).x)
         xe = host64(ih.solve(op, B, ih.Exact(), damping=1e-3).x)

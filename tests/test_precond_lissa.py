@@ -89,7 +89,9 @@ def test_preconditioned_plan_uses_the_preconditioned_step_bound():
     assert plan["step"] <= 1.0 / P_inv["bounds"]["m_upper"] * (1 + 1e-9)
     xs = exact(U, v, lam)
     assert np.linalg.norm(res.x - xs) <= 0.1 * np.linalg.norm(xs)
-    plain = ih.solve(op, v, ih.LiSSA(rng=0, preconditioner=None, batch_size="full"), damping=lam, on_failure="ignore")
+    plain = ih.solve(
+        op, v, ih.LiSSA(rng=0, preconditioner=None, batch_size="full"), damping=lam, on_failure="ignore"
+    )
     assert plan["steps"] * 20 < plain.info["plan"]["cost_to_meet_target"] / n  # κ·log → κ_P·log
 
 
@@ -99,7 +101,9 @@ def test_true_preconditioned_spectrum_respects_the_step():
     n, d = U.shape
     lam = 1e-3
     pc = ih.NystromPreconditioner(rank=12, rng=3)
-    res = ih.solve(ih.LowRankPlusIdentity(U), v, ih.LiSSA(rng=0, preconditioner=pc, batch_size="full"), damping=lam)
+    res = ih.solve(
+        ih.LowRankPlusIdentity(U), v, ih.LiSSA(rng=0, preconditioner=pc, batch_size="full"), damping=lam
+    )
     applied = pc.build(ih.LowRankPlusIdentity(U), lam)
     ev, kappa_p = _m_spectrum(_dense_p_inv(applied, d), U.T @ U / n + lam * np.eye(d))
     assert res.info["plan"]["step"] * ev[-1] <= 1.0 + 1e-9
@@ -135,8 +139,11 @@ def _indefinite(d=50, seed=30, neg=-0.3):
 def test_cg_and_lissa_on_an_indefinite_operator(make):
     M, lmin = _indefinite()
     d = M.shape[0]
-    op = ih.Dense(M, psd=False) if make == "dense" else ih.MatrixFree(lambda x: M @ x, d, np.float64, psd=False,
-                                                                    matmat=lambda X: M @ X)
+    op = (
+        ih.Dense(M, psd=False)
+        if make == "dense"
+        else ih.MatrixFree(lambda x: M @ x, d, np.float64, psd=False, matmat=lambda X: M @ X)
+    )
     b = np.random.default_rng(31).standard_normal((d, 2))
     lam = 2.0 * abs(lmin)
     xs = np.linalg.solve(M + lam * np.eye(d), b)
@@ -175,11 +182,20 @@ def test_lissa_minibatch_on_an_indefinite_sampled_operator():
     M = full(np.eye(d))
     lmin = np.linalg.eigvalsh(M)[0]
     assert lmin < 0
-    op = ih.MatrixFree(lambda x: full(x[:, None])[:, 0], d, np.float64, psd=False, matmat=full,
-                       sampler=lambda B, g: batch_mm(g.integers(0, n, size=B)), n_samples=n)
+    op = ih.MatrixFree(
+        lambda x: full(x[:, None])[:, 0],
+        d,
+        np.float64,
+        psd=False,
+        matmat=full,
+        sampler=lambda B, g: batch_mm(g.integers(0, n, size=B)),
+        n_samples=n,
+    )
     v = rng.standard_normal(d)
     lam = 3.0 * abs(lmin)
     xs = np.linalg.solve(M + lam * np.eye(d), v)
     res = ih.solve(op, v, ih.LiSSA(rng=1, preconditioner=None), damping=lam)
     assert res.ok and np.linalg.norm(res.x - xs) <= 0.1 * np.linalg.norm(xs)
-    assert res.info["lower_end"]["lower"] <= lmin and "Hutchinson" in res.info["estimates"]["sigma1_sq_source"]
+    assert (
+        res.info["lower_end"]["lower"] <= lmin and "Hutchinson" in res.info["estimates"]["sigma1_sq_source"]
+    )
