@@ -326,7 +326,10 @@ def nystrom(
 
     def room():
         nxt = min(2 * ell, cap)
-        return nxt > ell and (spend is None or counted.n - n0 + nxt - ell <= spend)
+        # a sketch with noise-level columns (λ̂ <= ν) already spans the numerical range: more columns
+        # cannot lower ‖E‖ below the rounding of the products (float32 at tiny damping)
+        spans = bool(np.any(lam <= nu))
+        return nxt > ell and not spans and (spend is None or counted.n - n0 + nxt - ell <= spend)
 
     while True:
         sk.add(ell - sk.ell)
