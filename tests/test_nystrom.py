@@ -67,6 +67,19 @@ def test_sketch_covering_the_rank_is_exact_and_counts_products():
     assert a.n_matvec == 16 + 10
 
 
+@pytest.mark.parametrize("bk", BACKEND_PARAMS)
+def test_float32_sketch_beyond_the_rank_drops_its_noise_columns(bk):
+    """Past the numerical rank, σ² ≈ ν: the ν correction makes those λ̂ zero and they are dropped
+    (their float32 columns are not orthogonal); what remains is an accurate, orthonormal basis."""
+    M, ev = decaying(60, n_nonzero=15, seed=14, lo=1e-3)
+    a, _ = sketch(M, 20, bk, "float32", seed=2)
+    V = host64(a.V)
+    assert a.truncated == 5 and a.rank == 15 and a.tail == 0.0
+    np.testing.assert_allclose(V.T @ V, np.eye(15), atol=1e-5)
+    np.testing.assert_allclose(a.values, ev[:15], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose((V * a.values) @ V.T, M, atol=1e-5)
+
+
 def test_adaptive_growth_doubles_and_stops_at_the_condition_target():
     M, ev = decaying(400, seed=3, lo=1e-8)
     mu = 1e-4
