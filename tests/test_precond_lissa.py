@@ -199,3 +199,18 @@ def test_lissa_minibatch_on_an_indefinite_sampled_operator():
     assert (
         res.info["lower_end"]["lower"] <= lmin and "Hutchinson" in res.info["estimates"]["sigma1_sq_source"]
     )
+
+
+def test_weighted_bound_and_plan_are_consistent():
+    """The weight enters every path: mini-batch bound as σ → 0, full-batch bound, and the planned T."""
+    from invhvp.bounds import plan_lissa
+
+    eta, m, spread, w, T = 0.1, 1.0, 8.0, 50.0, 30
+    full = lissa_error_bound(eta, m, spread, 0.0, None, T, weight=w)
+    assert full == pytest.approx(np.sqrt(w) * (1 - eta * m) ** T, rel=1e-12)
+    tiny = lissa_error_bound(eta, m, spread, 1e-12, 10, T, weight=w)
+    assert tiny == pytest.approx(full, rel=1e-6)
+    p = plan_lissa(spread, m, 0.0, 0.1, n_samples=100, batch_size="full", weight=w)
+    rho = (1 - p.step * m) ** 2
+    assert p.steps == int(np.ceil(np.log(0.01 / w) / np.log(rho)))
+    assert p.predicted_error <= 0.1 < lissa_error_bound(p.step, m, spread, 0.0, None, p.steps - 1, weight=w)
