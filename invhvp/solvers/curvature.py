@@ -48,6 +48,19 @@ def lower_end(counted, damping: float, gen, *, steps: int = 30, safety: float = 
         ``lower`` (estimated lower bound on ``λ_min(A)``), ``ritz_min``, ``residual``,
         ``upper_ritz``/``upper`` (the largest Ritz value and ``θ_max + residual``),
         ``exact`` (bool), ``certified`` (``lower + damping > 0``), ``n_matvec``, ``source``.
+
+    Examples
+    --------
+    >>> import numpy as np, invhvp as ih
+    >>> from invhvp.solvers.base import Counted
+    >>> from invhvp.solvers.curvature import lower_end
+    >>> M = np.diag(np.concatenate([np.linspace(1.0, 10.0, 98), [-0.4, -0.5]]))
+    >>> op = ih.MatrixFree(lambda v: M @ v, 100, np.float64, psd=False)
+    >>> est = lower_end(Counted(op), 1.0, np.random.default_rng(0))
+    >>> est["ritz_min"] >= -0.5 >= est["lower"], est["certified"]   # θ_min is an upper bound on λ_min
+    (True, True)
+    >>> lower_end(Counted(op), 0.45, np.random.default_rng(0))["certified"]
+    False
     """
     op = counted.op
     known = op.eig_lower()

@@ -62,7 +62,18 @@ class GramProducts(Operator):
 
 @functools.singledispatch
 def fast_operator(op, counted, max_elements: int = MAX_GRAM_ELEMENTS) -> tuple[Operator, str]:
-    """``(operator with cheaper products, description)``; ``op`` itself when nothing is cheaper."""
+    """``(operator with cheaper products, description)``; ``op`` itself when nothing is cheaper.
+
+    Examples
+    --------
+    >>> import numpy as np, invhvp as ih
+    >>> from invhvp.solvers.base import Counted
+    >>> U = np.random.default_rng(0).standard_normal((500, 20))
+    >>> c = Counted(ih.LowRankPlusIdentity(U))
+    >>> fast, how = fast_operator(c.op, c)
+    >>> how.startswith("d×d Gram"), c.n, bool(np.allclose(fast.matvec(np.ones(20)), c.op.matvec(np.ones(20))))
+    (True, 20, True)
+    """
     return op, "operator products"
 
 
