@@ -48,7 +48,9 @@ def _pos(x, name, *, strict=True):
 def _weight(weight):
     w = _pos(weight, "weight")
     if w < 1.0:
-        raise InputError(f"weight: expected a number >= 1 (the condition number of the preconditioner), got {w}")
+        raise InputError(
+            f"weight: expected a number >= 1 (the condition number of the preconditioner), got {w}"
+        )
     return w
 
 

@@ -137,8 +137,13 @@ class CG(Solver):
         lower = None
         if not op.psd:
             lam = min(damping) if isinstance(damping, tuple) else float(damping)
-            lower = lower_end(counted, lam, as_generator(0 if rng is None else rng),
-                              steps=self.lanczos_steps, safety=self.safety)
+            lower = lower_end(
+                counted,
+                lam,
+                as_generator(0 if rng is None else rng),
+                steps=self.lanczos_steps,
+                safety=self.safety,
+            )
         fast, how = fast_operator(op, counted)
         p = as_preconditioner(self.preconditioner)
         applied, note = None, None
@@ -160,7 +165,9 @@ class CGInverse(Inverse):
 
     kind = "iterative"
 
-    def __init__(self, solver: CG, counted, damping, applied, fast=None, products="operator products", lower=None):
+    def __init__(
+        self, solver: CG, counted, damping, applied, fast=None, products="operator products", lower=None
+    ):
         pname = "none" if applied is None else applied.name
         info = {"method": "cg", "preconditioner": pname, "rtol": solver.rtol, "atol": solver.atol}
         if applied is not None:
@@ -177,7 +184,9 @@ class CGInverse(Inverse):
                 self.setup_status = Status.NONPOSITIVE_CURVATURE
                 self.info["advice"] = nonpositive_advice(lower, lam, "CG")
                 if solver.preconditioner is not None:
-                    self.info["preconditioner"] = "none (not built: A + damping·I is not certified positive definite)"
+                    self.info["preconditioner"] = (
+                        "none (not built: A + damping·I is not certified positive definite)"
+                    )
 
     def lam_lower(self) -> float | None:
         if self.lower is None:

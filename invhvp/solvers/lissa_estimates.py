@@ -37,8 +37,17 @@ def estimate_lambda_max(cfg, counted, gen, shift=None, lanczos=None) -> dict:
         shift = op.eig_lower() if op.psd else 0.0
         shift = shift or 0.0
     est: dict = {}
-    if isinstance(cfg.lambda_max, str) and cfg.lambda_max != "exact" and lanczos is not None and "upper" in lanczos:
-        top = lanczos["upper"] if lanczos["exact"] else max(lanczos["upper"], cfg.safety * lanczos["upper_ritz"])
+    if (
+        isinstance(cfg.lambda_max, str)
+        and cfg.lambda_max != "exact"
+        and lanczos is not None
+        and "upper" in lanczos
+    ):
+        top = (
+            lanczos["upper"]
+            if lanczos["exact"]
+            else max(lanczos["upper"], cfg.safety * lanczos["upper_ritz"])
+        )
         est.update(
             lambda_max_upper=max(top - shift, 0.0),
             lambda_max_source=f"the lower-end run ({lanczos['source']}), upper end: max(θ + residual, "

@@ -145,7 +145,9 @@ def _per_sample_grads(torch, model, names, X, y):
     return [b.numpy() for b in g]
 
 
-def digits_problems(ranks, config: DigitsConfig | None = None, seed: int = 0, progress=None, return_models=False):
+def digits_problems(
+    ranks, config: DigitsConfig | None = None, seed: int = 0, progress=None, return_models=False
+):
     """Build one :class:`InfluenceProblem` per LoRA rank on the digits data.
 
     Parameters

@@ -86,13 +86,21 @@ def default_methods(
             "lissa-auto",
             "LiSSA, automatic (η, B, T) for a relative error 0.1 per block, no preconditioner"
             + (f", budget {lissa_budget} full products per column and block" if lissa_budget else ""),
-            lambda s: L(rng=s, preconditioner=None, max_matvec=None if lissa_budget is None else lissa_budget * n_queries),
+            lambda s: L(
+                rng=s,
+                preconditioner=None,
+                max_matvec=None if lissa_budget is None else lissa_budget * n_queries,
+            ),
         ),
         Method(
             "lissa-nystrom",
             "LiSSA, automatic plan on the Nyström-preconditioned system (relative error 0.1 per block)"
             + (f", budget {lissa_budget} full products per column and block" if lissa_budget else ""),
-            lambda s: L(rng=s, preconditioner="nystrom", max_matvec=None if lissa_budget is None else lissa_budget * n_queries),
+            lambda s: L(
+                rng=s,
+                preconditioner="nystrom",
+                max_matvec=None if lissa_budget is None else lissa_budget * n_queries,
+            ),
         ),
         Method(
             f"lissa-s10-d{d1}",

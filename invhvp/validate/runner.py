@@ -196,7 +196,9 @@ def run_validation(
     settings_info = {}
     skipped = {}
     say(f"[invhvp validate] mode={cfg.mode} seed={cfg.seed} out={out}")
-    digits, digit_models = digits_problems(cfg.ranks, cfg.digits, seed=cfg.seed, progress=say, return_models=True)
+    digits, digit_models = digits_problems(
+        cfg.ranks, cfg.digits, seed=cfg.seed, progress=say, return_models=True
+    )
     problems += digits
     settings_info["digits"] = _setting_info(problems, "digits")
     if cfg.minilm_ranks:
@@ -238,7 +240,12 @@ def run_validation(
         j = min(range(len(digits)), key=lambda i: digits[i].rank)
         say(f"theory: LiSSA error vs batch size (digits Hessian, rank {digits[j].rank})")
         lrows, meta = lissa_batch_rows_hessian(
-            digits[j], digit_models[j], cfg.lissa_batch_sizes, cfg.lissa_steps, repeats=cfg.lissa_repeats, seed=cfg.seed
+            digits[j],
+            digit_models[j],
+            cfg.lissa_batch_sizes,
+            cfg.lissa_steps,
+            repeats=cfg.lissa_repeats,
+            seed=cfg.seed,
         )
         lissa_results.append({"meta": meta, "rows": lrows})
 
