@@ -234,10 +234,14 @@ def run_validation(
             prob, cfg.lissa_batch_sizes, cfg.lissa_steps, repeats=cfg.lissa_repeats, seed=cfg.seed
         )
         lissa_results.append({"meta": meta, "rows": lrows})
-    if cfg.lissa_hessian and digits:
+    j = min(range(len(digits)), key=lambda i: digits[i].rank) if digits else None
+    if cfg.lissa_hessian and j is not None and sum(digits[j].block_sizes) > 4096:
+        notes.append(
+            "The Hessian LiSSA study was skipped: its dense reference Hessian would exceed 4096×4096."
+        )
+    elif cfg.lissa_hessian and j is not None:
         from .hessian_study import lissa_batch_rows_hessian
 
-        j = min(range(len(digits)), key=lambda i: digits[i].rank)
         say(f"theory: LiSSA error vs batch size (digits Hessian, rank {digits[j].rank})")
         lrows, meta = lissa_batch_rows_hessian(
             digits[j],
