@@ -283,3 +283,11 @@ def test_torch_and_numpy_sketches_agree():
     np.testing.assert_allclose(a.values[:15], ev[:15], rtol=1e-9)
     np.testing.assert_allclose(b.values[:15], ev[:15], rtol=1e-9)
     assert isinstance(b.V, torch.Tensor) and b.V.dtype == torch.float64
+
+
+def test_nystrom_without_check_spends_no_product():
+    M, _ = decaying(40, seed=15)
+    inv = ih.inverse(ih.Dense(M), ih.Nystrom(rank=40), damping=1e-2)
+    res = inv.solve(np.ones(40), check=False)
+    assert res.residual_norm is None and res.info["check_matvec"] == 0 and "error_estimate" not in res.info
+    np.testing.assert_allclose(res.x, inv.solve(np.ones(40)).x)

@@ -172,9 +172,15 @@ class NystromInverse(Inverse):
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return np.where(beta < xn, beta / np.maximum(xn - beta, 1e-300), np.inf)
 
+    def _solve2d(self, B, check: bool):
+        self._check = check  # the residual is the check's product: skipped with check=False
+        return super()._solve2d(B, check)
+
     def _apply(self, B):
         op = self.operator
         X = self._x(B)
+        if not getattr(self, "_check", True):
+            return Outcome(x=X)
         R = B - (op._matmat(X) + float(self.damping) * X)  # the true residual (the check's product)
         rel = self._relative(X, R)
         info = {"error_estimate": rel, "energy_bound": self._energy_bound(R)}
