@@ -9,13 +9,14 @@ Flat public API::
     inv @ b, inv.solve(B), inv.quad(T)                        # apply many times
 """
 
-from . import bounds, distributed, errors, estimators
+from . import bounds, distributed, errors, estimators, interop, scale
 from .damping import default_damping
 from .errors import ConvergenceError
 from .estimators import EigEstimate, TraceEstimate, lambda_max, trace
 from .influence import average_influence, gradient_inverse, influence_matrix, self_influence
 from .operators import BlockDiagonal, Dense, LowRankPlusIdentity, MatrixFree, Operator
 from .result import SolveResult, Status
+from .scale import influence_scores
 from .solvers import (
     CG,
     BlockInverse,
@@ -77,6 +78,9 @@ __all__ = [
     "StoreFormatError",
     "fingerprint_module",
     "distributed",
+    "interop",
+    "scale",
+    "influence_scores",
 ]
 
 

@@ -106,3 +106,48 @@ def random_matrix(xp, shape, dtype, device, rng, kind="rademacher"):
     if kind == "rademacher":
         return (2 * gen.integers(0, 2, size=shape) - 1).astype(dtype)
     return gen.standard_normal(shape).astype(dtype)
+
+
+def gram64(U):
+    """``U Uᵀ`` (``n×n``) accumulated in float64 over column chunks of ``U`` (no float32 overflow)."""
+    xp = Bk.namespace(U)
+    n, d = (int(v) for v in U.shape)
+    c = max(1, CHUNK_ELEMENTS // max(n, 1))
+    K = None
+    for j in range(0, d, c):
+        V = xp.astype(U[:, j : j + c], xp.float64)
+        P = V @ V.T
+        K = P if K is None else K + P
+    return K
+
+
+def scaled_unit(xp, w):
+    """``(w/‖w‖, ‖w‖)`` for a ``(d, 1)`` array, with ``‖w‖`` a Python float computed in float64.
+
+    ``w`` is first divided by its largest magnitude (an element, so representable in its
+    dtype): neither the scaling nor the norm can overflow or underflow in float32.  Returns
+    ``(None, 0.0)`` for a zero vector and ``(None, nan)`` for a non-finite one.
+    """
+    s = float(xp.max(xp.abs(w)))
+    if not np.isfinite(s):
+        return None, float("nan")
+    if s == 0.0:
+        return None, 0.0
+    ws = w / s
+    nrm = float(col_norms64(ws)[0])
+    return ws / nrm, s * nrm
+
+
+def power_norm(xp, apply, size, dtype, device, steps=6, seed=12345) -> float:
+    """Power-iteration (Rayleigh-type, i.e. lower) estimate of ``‖M‖₂`` for a symmetric ``apply``.
+
+    Deterministic start; every normalization goes through :func:`scaled_unit`, so float32
+    operators with entries near 1e±30 give a finite estimate (a Python float, float64).
+    """
+    q, _ = scaled_unit(xp, random_matrix(xp, (size, 1), dtype, device, seed, kind="normal"))
+    est = 0.0
+    for _ in range(steps):
+        q, est = scaled_unit(xp, apply(q))
+        if q is None:
+            break
+    return est

@@ -11,7 +11,6 @@ Torch is imported lazily: invhvp works without it.
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import array_api_compat
 import numpy as np
@@ -57,6 +56,15 @@ def eps(dtype) -> float:
 
         return float(torch.finfo(dtype).eps)
     return float(np.finfo(dtype).eps)
+
+
+def tiny(dtype) -> float:
+    """Smallest positive normal number of a numpy or torch floating dtype."""
+    if _is_torch_dtype(dtype):
+        import torch
+
+        return float(torch.finfo(dtype).tiny)
+    return float(np.finfo(dtype).tiny)
 
 
 def _is_torch_dtype(dtype) -> bool:
@@ -175,29 +183,6 @@ def to_host(x, dtype=None) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
-def is_real_scalar(x) -> bool:
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, Real):
-        return True
-    return getattr(x, "ndim", None) == 0 and getattr(x, "shape", None) == ()
-
-
-def finite_scalar(x, name: str, *, minimum: float | None = None, strict: bool = False) -> float:
-    """Validate a real scalar argument and return it as a Python float."""
-    from .errors import InputError
-
-    if not is_real_scalar(x):
-        raise InputError(f"{name}: expected a real number, got {type(x).__name__}")
-    v = float(x)
-    if not math.isfinite(v):
-        raise InputError(f"{name}: expected a finite number, got {v}")
-    if minimum is not None and (v < minimum or (strict and v == minimum)):
-        op = ">" if strict else ">="
-        raise InputError(f"{name}: expected a number {op} {minimum}, got {v}")
-    return v
-
-
 # --------------------------------------------------------------------- factorizations
 
 
@@ -251,3 +236,14 @@ def solve_triangular(xp, L, B, *, trans: bool = False):
     import scipy.linalg
 
     return scipy.linalg.solve_triangular(L, B, lower=True, trans=1 if trans else 0, check_finite=False)
+
+
+def solve_lower(xp, L, B):
+    """Solve ``L X = B`` for a lower-triangular ``L`` and 2-D ``B``."""
+    if is_torch(xp):
+        import torch
+
+        return torch.linalg.solve_triangular(L, B, upper=False)
+    import scipy.linalg
+
+    return scipy.linalg.solve_triangular(L, B, lower=True, check_finite=False)

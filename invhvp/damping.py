@@ -16,7 +16,7 @@ from ._arrays import row_sq_norms
 from .errors import DampingError, InputError
 from .operators import BlockDiagonal, Operator
 
-__all__ = ["default_damping", "DEFAULT_FACTOR"]
+__all__ = ["default_damping", "damping_from_sums", "DEFAULT_FACTOR"]
 
 #: The paper's multiplier of the mean eigenvalue (the one place this default lives).
 DEFAULT_FACTOR = 0.1
@@ -38,10 +38,27 @@ def _op_mean_eig(op: Operator, what: str) -> float:
 
 def _grads_mean_eig(g, name) -> float:
     xp, n, d = Bk.check_factor(g, name)
-    v = float(xp.sum(row_sq_norms(g))) / (n * d)
-    if not math.isfinite(v):
+    total = float(xp.sum(row_sq_norms(g)))
+    if not math.isfinite(total):
         Bk.check_finite(xp, g, name)  # NaN/inf entries: raise NonFiniteError naming the argument
-    return _positive(v, name)
+    return damping_from_sums(total, n, d, 1.0, what=name)
+
+
+def damping_from_sums(sq_norm_sum: float, n: int, d: int, factor: float = DEFAULT_FACTOR, *, what="block"):
+    r"""The rule from a sum over rows: ``factor · Σ_i ‖g_i‖² / (n·d)`` (docs/theory.md §2).
+
+    For gradients that are never in memory at once (chunks of a
+    :class:`~invhvp.GradientStore`, shards on several processes): add ``‖g_i‖²`` over the
+    chunks (and over the ranks, :func:`invhvp.distributed.all_reduce_sum`), then call this
+    with the total row count ``n`` and the block width ``d``.
+
+    Examples
+    --------
+    >>> from invhvp.damping import damping_from_sums
+    >>> round(damping_from_sums(8.0, n=2, d=2), 12)       # mean eigenvalue 2, times 0.1
+    0.2
+    """
+    return factor * _positive(float(sq_norm_sum) / (int(n) * int(d)), what)
 
 
 def default_damping(op, factor: float = DEFAULT_FACTOR):

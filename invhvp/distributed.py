@@ -1,4 +1,4 @@
-"""torch.distributed helpers for sharded reductions over training rows (THEORY.md §8).
+"""torch.distributed helpers for sharded reductions over training rows (docs/theory.md §8).
 
 Communication is torch.distributed's (gloo on CPU, NCCL on GPU, launched by ``torchrun``);
 invhvp manages no processes or sockets.  Without an initialized process group every

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _backend as Bk
 from . import _checks as C
-from ._arrays import as_generator, random_matrix
+from ._arrays import as_generator, col_norms64, random_matrix, scaled_unit
 from .errors import InputError, NonFiniteError, UnsupportedOperatorError
 from .operators import Operator
 
@@ -83,6 +83,11 @@ class TraceEstimate:
     stderr: float
     method: str
     n_matvec: int
+
+
+def _dot64(xp, a, b) -> float:
+    """``aᵀb`` of two ``(d, 1)`` arrays accumulated in float64."""
+    return float(xp.sum(xp.astype(a, xp.float64) * xp.astype(b, xp.float64)))
 
 
 def _count(counter, k):
@@ -202,8 +207,7 @@ def _lanczos_run(op, k, rng, counter) -> LanczosRun:
     xp = op.xp
     d = op.size
     k = min(k, d)
-    q = random_matrix(xp, (d, 1), op.dtype, op.device, rng, kind="normal")
-    q = q / xp.linalg.vector_norm(q)
+    q, _ = scaled_unit(xp, random_matrix(xp, (d, 1), op.dtype, op.device, rng, kind="normal"))
     Q = [q]
     alphas, betas = [], []
     eps = Bk.eps(op.dtype)
@@ -212,20 +216,20 @@ def _lanczos_run(op, k, rng, counter) -> LanczosRun:
     for j in range(k):
         w = _apply(op, Q[-1], counter)
         n_mv += 1
-        a = float(xp.sum(w * Q[-1]))
+        a = _dot64(xp, w, Q[-1])
         alphas.append(a)
         # full reorthogonalization (twice is enough), O(d j)
         Qm = xp.concat(Q, axis=1)
         for _ in range(2):
             w = w - Qm @ (Qm.T @ w)
-        beta = float(xp.linalg.vector_norm(w))
+        wn, beta = scaled_unit(xp, w)  # norms in float64: no float32 overflow
         scale = max(abs(x) for x in alphas) if alphas else 1.0
         if not math.isfinite(beta) or not math.isfinite(a):
             raise NonFiniteError("op: the operator produced non-finite values during Lanczos")
         if j == k - 1 or beta <= 10 * eps * max(scale, 1e-300):
             break
         betas.append(beta)
-        Q.append(w / beta)
+        Q.append(wn)
     m = len(alphas)
     T = (
         np.diag(np.asarray(alphas))
@@ -240,16 +244,15 @@ def _lanczos_run(op, k, rng, counter) -> LanczosRun:
 def _power(op, maxiter, rtol, rng, counter):
     xp = op.xp
     d = op.size
-    q = random_matrix(xp, (d, 1), op.dtype, op.device, rng, kind="normal")
-    q = q / xp.linalg.vector_norm(q)
+    q, _ = scaled_unit(xp, random_matrix(xp, (d, 1), op.dtype, op.device, rng, kind="normal"))
     theta_old = None
     n_mv = 0
     for _ in range(maxiter):
         w = _apply(op, q, counter)
         n_mv += 1
-        theta = float(xp.sum(w * q))
-        resid = float(xp.linalg.vector_norm(w - theta * q))
-        nw = float(xp.linalg.vector_norm(w))
+        theta = _dot64(xp, w, q)
+        resid = float(col_norms64(w - theta * q)[0])
+        wn, nw = scaled_unit(xp, w)
         if not (math.isfinite(theta) and math.isfinite(nw)):
             raise NonFiniteError("op: the operator produced non-finite values during power iteration")
         if nw == 0.0:
@@ -257,7 +260,7 @@ def _power(op, maxiter, rtol, rng, counter):
         if theta_old is not None and abs(theta - theta_old) <= rtol * abs(theta):
             break
         theta_old = theta
-        q = w / nw
+        q = wn
     tol = 10 * Bk.eps(op.dtype) * max(abs(theta), 1e-300)
     return EigEstimate(
         value=theta,

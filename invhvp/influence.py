@@ -12,12 +12,15 @@ quadratic forms (:meth:`invhvp.Inverse.quad`, :meth:`invhvp.Inverse.quad_diag`),
 closed forms live in each solver's module (docs/theory.md §10).
 
 Gradients are given per block: ``train_grads`` is an ``(n, d)`` array or a sequence of
-``(n, d_l)`` arrays, ``test_grads`` likewise ``(m, d_l)``; numpy or torch (any device,
+``(n, d_l)`` arrays (a list, a :class:`~invhvp.GradientStore` of memory maps, a
+``BlockGradients``), ``test_grads`` likewise ``(m, d_l)``; numpy or torch (any device,
 float32/float64, all the same).  ``damping=None`` uses the paper's rule
 ``λ_l = damping_factor · tr(G_l)/d_l`` (:func:`invhvp.default_damping`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from . import _backend as Bk
 from . import _checks as C
@@ -35,13 +38,19 @@ __all__ = ["influence_matrix", "self_influence", "average_influence", "gradient_
 def _as_blocks(grads, name):
     if grads is None:
         raise InputError(f"{name}: expected an (n, d) array or a non-empty sequence of them, got None")
-    blocks = list(grads) if isinstance(grads, (list, tuple)) else [grads]
+    many = _is_block_sequence(grads)
+    blocks = list(grads) if many else [grads]
     if not blocks:
         raise InputError(f"{name}: expected an (n, d) array or a non-empty sequence of them")
-    names = [name] if not isinstance(grads, (list, tuple)) else [f"{name}[{i}]" for i in range(len(blocks))]
+    names = [f"{name}[{i}]" for i in range(len(blocks))] if many else [name]
     for g, nm in zip(blocks, names):
         Bk.check_factor(g, nm)
     return blocks, names
+
+
+def _is_block_sequence(grads) -> bool:
+    """A list/tuple of blocks, or a sequence object such as a GradientStore or BlockGradients."""
+    return isinstance(grads, (list, tuple)) or (isinstance(grads, Sequence) and not hasattr(grads, "shape"))
 
 
 def _prepare(train_grads, test_grads, *, need_test=True):
@@ -72,13 +81,16 @@ def _prepare(train_grads, test_grads, *, need_test=True):
     return xp, train, test
 
 
-def gradient_inverse(train_grads, solver=None, *, damping=None, damping_factor=DEFAULT_FACTOR, on_failure="raise"):
+def gradient_inverse(
+    train_grads, solver=None, *, damping=None, damping_factor=DEFAULT_FACTOR, on_failure="raise", progress=None
+):
     r"""``(G + λI)⁻¹`` for per-block training gradients, factored once (an :class:`~invhvp.Inverse`).
 
     ``G = diag(U_lᵀU_l/n)`` as a :class:`~invhvp.LowRankPlusIdentity` (one block) or a
     :class:`~invhvp.BlockDiagonal` of them; ``damping=None`` applies the paper's rule with
     ``damping_factor``.  Reuse it across :func:`influence_matrix`, :func:`self_influence`
     and :func:`average_influence` calls (``inverse=`` argument) to pay the one-time work once.
+    ``progress(done, total)`` is called after each block's one-time work.
     """
     _, train, _ = _prepare(train_grads, None, need_test=False)
     f = C.real(damping_factor, "damping_factor", minimum=0.0, strict=True)
@@ -90,7 +102,7 @@ def gradient_inverse(train_grads, solver=None, *, damping=None, damping_factor=D
         try:
             ops.append(LowRankPlusIdentity(g))  # checks finiteness
         except NonFiniteError as exc:
-            name = "train_grads" if len(train) == 1 and not isinstance(train_grads, (list, tuple)) else f"train_grads[{i}]"
+            name = "train_grads" if len(train) == 1 and not _is_block_sequence(train_grads) else f"train_grads[{i}]"
             raise NonFiniteError(str(exc).replace("factor", name, 1)) from None
     op = ops[0] if len(ops) == 1 else BlockDiagonal(ops)
     if damping is None:
@@ -99,7 +111,7 @@ def gradient_inverse(train_grads, solver=None, *, damping=None, damping_factor=D
         lams = C.damping_values(damping, len(ops))
         if isinstance(lams, tuple) and len(ops) == 1:
             lams = lams[0]
-    return inverse(op, solver, damping=lams, on_failure=on_failure)
+    return inverse(op, solver, damping=lams, on_failure=on_failure, progress=progress)
 
 
 def _inverse_for(train, solver, damping, damping_factor, on_failure, inv):
@@ -129,6 +141,7 @@ def influence_matrix(
     on_failure: str = "raise",
     return_results: bool = False,
     inverse=None,
+    progress=None,
 ):
     r"""Influence of every training point on every test point, ``m×n``.
 
@@ -170,6 +183,8 @@ def influence_matrix(
     inverse : Inverse, optional
         A :func:`gradient_inverse` of these training gradients to reuse (then ``solver``,
         ``damping`` and ``damping_factor`` are ignored).
+    progress : callable, optional
+        ``progress(done, total)`` after each block.
 
     Returns
     -------
@@ -193,7 +208,9 @@ def influence_matrix(
     _, train, test = _prepare(train_grads, test_grads)
     inv = _inverse_for(train, solver, damping, damping_factor, on_failure, inverse)
     results: list = []
-    out = -inv.quad(_left(test), side=side, chunk_size=chunk_size, on_failure=on_failure, results=results)
+    out = -inv.quad(
+        _left(test), side=side, chunk_size=chunk_size, on_failure=on_failure, results=results, progress=progress
+    )
     return (out, results) if return_results else out
 
 
@@ -207,6 +224,7 @@ def self_influence(
     on_failure: str = "raise",
     return_results: bool = False,
     inverse=None,
+    progress=None,
 ):
     r"""Self-influence ``I(z_i, z_i) = −Σ_l g_{i,l}ᵀ (G_l + λ_l I)⁻¹ g_{i,l}``, length ``n``.
 
@@ -234,7 +252,7 @@ def self_influence(
     _, train, _ = _prepare(train_grads, None, need_test=False)
     inv = _inverse_for(train, solver, damping, damping_factor, on_failure, inverse)
     results: list = []
-    out = -inv.quad_diag(chunk_size=chunk_size, on_failure=on_failure, results=results)
+    out = -inv.quad_diag(chunk_size=chunk_size, on_failure=on_failure, results=results, progress=progress)
     return (out, results) if return_results else out
 
 

@@ -83,7 +83,8 @@ def test_per_sample_gradients_equal_backward_loop(dtype, chunk_size):
 
 def test_float32_storage_of_a_float64_model_and_module_blocks():
     model, X, y = make(torch.float64)
-    g = per_sample_gradients(model, ce, [(X, y)], blocks="module")
+    assert per_sample_gradients(model, ce, [(X, y)]).dtype == torch.float64  # default: the model's
+    g = per_sample_gradients(model, ce, [(X, y)], blocks="module", dtype=torch.float32)
     assert g.names == ["0", "2"] and g.param_names == [["0.weight", "0.bias"], ["2.weight", "2.bias"]]
     assert g.dtype == torch.float32 and g.sizes == [16, 15]
     ref = loop_grads(model, ce, X, y, [n for n, _ in model.named_parameters()])
@@ -350,3 +351,17 @@ def test_importing_invhvp_adapters_does_not_import_torch():
         "assert ('torch' in sys.modules) == before; print(before)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_model_influence_reports_solver_statuses_and_phases():
+    model, X, y = make(torch.float64, n=12)
+    res = influence(model, ce, [(X, y)], [(X[:2], y[:2])], None, dtype=torch.float64, self_influence=True, progress=True)
+    assert isinstance(res.solver, ih.Exact) and "Exact" in res.info["auto"]  # the automatic choice, resolved
+    assert res.info["status"] == "success"
+    assert {"gradients_s", "setup_s", "solve_s", "self_influence_s"} <= set(res.info)
+    # one record per block for each closed form (influence matrix and self-influence)
+    assert len(res.info["reports"]) == 2 * len(res.damping)
+    assert all(r.status is ih.Status.SUCCESS for r in res.info["reports"])
+    cg = influence(model, ce, res.train_gradients, res.test_gradients, ih.CG(rtol=1e-10))
+    assert all(r.info["method"] == "cg" and r.residual_norm is not None for r in cg.info["reports"])
+    torch.testing.assert_close(cg.values, res.values, rtol=1e-6, atol=1e-9)

@@ -107,7 +107,7 @@ def _checks(rank, size, store_path):
     assert spans[0, 0] == 0 and spans[-1, 1] == N and (spans[1:, 0] == spans[:-1, 1]).all()
     assert np.ptp(np.diff(spans, axis=1)) <= 1
 
-    # a sharded reduction over a GradientStore (THEORY.md §8): U^T U and tr(G) per block
+    # a sharded reduction over a GradientStore (docs/theory.md §8): U^T U and tr(G) per block
     st = ih.GradientStore.open(store_path)
     assert st.shard() == sl
     grams = [np.zeros((d, d)) for d in SIZES]

@@ -247,8 +247,10 @@ def test_jacobi_without_diagonal():
 def test_bad_solve_arguments():
     with pytest.raises(DTypeError, match="solver"):
         ih.solve(_A(), np.ones(4), "cg", damping=0.1)
-    with pytest.raises(DTypeError, match="operator.*Dense"):
-        ih.solve(np.eye(4), np.ones(4), damping=0.1)
+    with pytest.raises(DTypeError, match="operator"):
+        ih.solve([[1.0, 0.0], [0.0, 1.0]], np.ones(2), damping=0.1)
+    # a bare 2-D array is taken as Dense (issue 11: scipy and numpy inputs without glue)
+    np.testing.assert_allclose(ih.solve(np.eye(4), np.ones(4), damping=1.0).x, 0.5)
     with pytest.raises(InputError, match="on_failure"):
         ih.solve(_A(), np.ones(4), damping=0.1, on_failure="explode")
 

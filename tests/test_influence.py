@@ -1,4 +1,4 @@
-"""Influence matrices against a dense numpy reference (THEORY.md §1 sign)."""
+"""Influence matrices against a dense numpy reference (docs/theory.md §1 sign)."""
 
 from dataclasses import dataclass
 
@@ -229,3 +229,13 @@ def test_return_results_reports_each_generic_solve():
     )
     assert [r.status for r in reports] == [ih.Status.MAX_ITER] * 2
     assert np.max(np.abs(out - ref)) > 1e-3
+
+
+def test_exact_quad_diag_with_rows_uses_one_triangular_solve_and_matches_dense():
+    rng = np.random.default_rng(21)
+    M = rng.standard_normal((30, 12))
+    A = M.T @ M / 30
+    G = rng.standard_normal((7, 12))
+    inv = ih.inverse(ih.Dense(A), ih.Exact(), damping=0.2)
+    ref = np.einsum("ij,jk,ik->i", G, np.linalg.inv(A + 0.2 * np.eye(12)), G)
+    np.testing.assert_allclose(inv.quad_diag(G, chunk_size=3), ref, rtol=1e-10)

@@ -1,4 +1,4 @@
-"""LiSSA: convergence, the THEORY.md §5 bound, automatic plans, divergence, refusals, counting."""
+"""LiSSA: convergence, the docs/theory.md §5 bound, automatic plans, divergence, refusals, counting."""
 
 import math
 
@@ -84,7 +84,7 @@ def test_full_batch_exact_step_converges_to_exact_solution(backend, dtype):
     assert res.n_matvec == T - 1
 
 
-# ------------------------------------------------------------------------ THEORY.md §5 bound
+# ------------------------------------------------------------------------ docs/theory.md §5 bound
 
 
 @settings(max_examples=12)

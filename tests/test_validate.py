@@ -90,6 +90,16 @@ def test_datainf_true_error_never_exceeds_its_certificate(smoke_report):
         assert r["certificate"] <= r["paper_bound"] * (1 + 1e-9)
 
 
+def test_datainf_spectral_certificate_in_table_and_report(smoke_report):
+    rows = json.loads((smoke_report / "datainf_bounds.json").read_text())
+    for r in rows:
+        assert r["true_error"] <= r["spectral"] <= r["certificate"]
+        assert r["spectral_ratio"] == pytest.approx(r["spectral"] / r["true_error"], rel=1e-12)
+        assert 1.0 <= r["spectral_ratio"] <= 3.0
+    text = (smoke_report / "report.md").read_text(encoding="utf-8")
+    assert "spectral_ratio" in text and "correlation with exact influence" in text
+
+
 def test_lissa_study_rows(smoke_report):
     rows = json.loads((smoke_report / "lissa_batch.json").read_text())
     assert [r["batch_size"] for r in rows] == [1, 8, 64]

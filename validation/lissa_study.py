@@ -9,7 +9,7 @@ The problem (:func:`digits_gram_problem`, reusable): multinomial logistic regres
 ``softmax(W x̃)`` on the 8×8 digits (pixels scaled to [0, 1], a bias feature; ``d = 65·10 =
 650``), trained briefly by L-BFGS with a small L2 penalty on ``n_train`` points.  Per-sample
 gradients have the closed form ``g_i = x̃_i ⊗ (p_i − y_i)`` (computed for all points at once,
-no loop).  ``G = (1/n) Σ g_i g_iᵀ`` with the THEORY.md §2 damping ``λ = 0.1·tr(G)/d``; the
+no loop).  ``G = (1/n) Σ g_i g_iᵀ`` with the docs/theory.md §2 damping ``λ = 0.1·tr(G)/d``; the
 right-hand side is the mean test-loss gradient.
 
 The study writes (outputs policy: everything goes to ``--out``, default
@@ -72,7 +72,7 @@ def digits_gram_problem(
     seed : int
         Seed of the train/test permutation.
     damping_factor : float
-        ``λ = damping_factor · tr(G)/d`` (THEORY.md §2; 0.1 is the paper's rule).
+        ``λ = damping_factor · tr(G)/d`` (docs/theory.md §2; 0.1 is the paper's rule).
     weight_decay, maxiter : float, int
         L2 penalty and L-BFGS iterations of the brief training.
     pixel_scale : float

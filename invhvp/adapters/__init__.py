@@ -12,10 +12,13 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "BlockGradients": "gradients",
-    "TrainModeWarning": "gradients",
+    "BlockGradients": "block_gradients",
+    "BatchError": "errors",
+    "EngineError": "errors",
+    "SampleCouplingError": "errors",
+    "TrainModeWarning": "selection",
     "per_sample_gradients": "gradients",
-    "select_parameters": "gradients",
+    "select_parameters": "selection",
     "gram_operator": "operators",
     "hvp_operator": "operators",
     "ggn_operator": "operators",

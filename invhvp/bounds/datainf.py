@@ -1,9 +1,10 @@
-r"""DataInf error certificates (THEORY.md §4), as pure functions.
+r"""DataInf error certificates (docs/theory.md §4), as pure functions.
 
 DataInf replaces the inverse of the averaged damped Gram matrix by the average of
 the rank-one inverses.  With per-sample gradients ``g_i`` (the rows of ``U``, scaled
 as ``g̃_i = sqrt(n·scale)·u_i`` for the general form ``shift·I + scale·UᵀU``),
-``S_i = g̃_i g̃_iᵀ + λI`` and ``S̄ = mean_i S_i`` (``λ`` = shift + damping > 0):
+``S_i = g̃_i g̃_iᵀ + λI``, ``S̄ = mean_i S_i = G + λI`` and
+``R = mean_i S_i⁻¹`` (``λ`` = shift + damping > 0):
 
 .. math::
 
@@ -13,13 +14,21 @@ as ``g̃_i = sqrt(n·scale)·u_i`` for the general form ``shift·I + scale·Uᵀ
 
 with ``G = (1/n) Σ g̃_i g̃_iᵀ`` and ``M = max_i (tr S_i + tr S̄)/d``.  Left to right:
 the *true error* (computable when ``min(n, d)`` is small), the *intermediate* bound,
-the computable *certificate* and the paper's ``O(d²)`` form.
+the computable *certificate* and the paper's ``O(d²)`` form.  These are typically
+10⁶–10¹² times the true error on LoRA gradients.  The *spectral certificate*
+(:func:`datainf_spectral_certificate`) is within a small factor of it:
+
+.. math::
+
+    \|\bar S^{-1} - R\|_2 \;\le\; \lambda_{\max}(R) - \frac{1}{\lambda + \bar\mu}
+    \;\le\; \frac1\lambda - \frac{1}{\lambda + \bar\mu},\qquad \bar\mu \ge \lambda_{\max}(G).
 
 Every function takes the factor ``U`` (``n×d`` numpy array or torch tensor, any
 device), the total diagonal ``λ`` and the optional ``scale`` (default ``1/n``), and
 returns Python floats; arithmetic runs in float64 on the factor's device.  Nothing
-here forms a ``d×d`` matrix except :func:`datainf_intermediate_bound` and
-:func:`datainf_true_error` when ``d <= n`` (both refuse sizes above their limits).
+here forms a ``d×d`` matrix except :func:`datainf_intermediate_bound`,
+:func:`datainf_true_error` and :func:`datainf_spectral_certificate` when ``d <= n``
+(all three bound their sizes).
 """
 
 from __future__ import annotations
@@ -27,8 +36,12 @@ from __future__ import annotations
 import math
 
 from .. import _backend as Bk
+from .. import _checks as C
 from .._arrays import CHUNK_ELEMENTS, row_chunks, row_sq_norms
-from ..errors import DampingError, InputError, OperatorTooLargeError, ShapeError
+from ..errors import InputError, OperatorTooLargeError, ShapeError
+from ._common import _eye64, _gram64, _scaled_norms64, _validate
+from ._gram import EPS64
+from .datainf_spectral import SpectralCertificate, _spectral, datainf_spectral_certificate
 
 __all__ = [
     "gram_lambda_max",
@@ -36,40 +49,11 @@ __all__ = [
     "datainf_certificate",
     "datainf_intermediate_bound",
     "datainf_true_error",
+    "SpectralCertificate",
+    "datainf_spectral_certificate",
     "datainf_certificates",
     "datainf_influence_error_bound",
 ]
-
-def _validate(factor, damping, scale, *, name="factor"):
-    xp, n, d = Bk.check_factor(factor, name)
-    lam = Bk.finite_scalar(damping, "damping")
-    if lam <= 0.0:
-        raise DampingError(
-            f"damping: DataInf needs λ = shift + damping > 0 (every rank-one term is g gᵀ + λI), got {lam}"
-        )
-    s = 1.0 / n if scale is None else Bk.finite_scalar(scale, "scale", minimum=0.0, strict=True)
-    return xp, n, d, lam, s
-
-
-def _scaled_norms64(xp, U, n, s):
-    """``||g̃_i||² = n·s·||u_i||²`` in float64."""
-    return (n * s) * row_sq_norms(U, dtype=xp.float64)
-
-
-def _gram64(xp, U):
-    """``U Uᵀ`` (``n×n``) accumulated in float64 over column chunks of ``U``."""
-    n, d = (int(v) for v in U.shape)
-    c = max(1, CHUNK_ELEMENTS // max(n, 1))
-    K = None
-    for j in range(0, d, c):
-        V = xp.astype(U[:, j : j + c], xp.float64)
-        P = V @ V.T
-        K = P if K is None else K + P
-    return K
-
-
-def _eye64(xp, r, like):
-    return xp.eye(r, dtype=xp.float64, device=Bk.device_of(like))
 
 
 def gram_lambda_max(factor, *, scale=None, method: str = "auto", max_rows: int = 2048):
@@ -152,7 +136,7 @@ def datainf_certificate(factor, damping, *, scale=None, lambda_max=None, lambda_
     xp, n, d, lam, s = _validate(factor, damping, scale)
     if lambda_max is None:
         lambda_max, _ = gram_lambda_max(factor, scale=s, method=lambda_max_method)
-    lm = Bk.finite_scalar(lambda_max, "lambda_max", minimum=0.0)
+    lm = C.real(lambda_max, "lambda_max", minimum=0.0)
     return _cert_from(xp, _scaled_norms64(xp, factor, n, s), lm, n, lam)
 
 
@@ -261,9 +245,13 @@ def datainf_certificates(
     Keys: ``n``, ``d``, ``damping`` (``λ``), ``paper_bound`` (``2M²d²/λ³``),
     ``certificate`` (computable), ``lambda_max`` and ``lambda_max_method`` (see
     :func:`gram_lambda_max`), ``intermediate`` and ``true_error`` (``None`` when not
-    computed), and ``bound``: the smallest valid bound available (the true error when
-    computed).  With ``full=False`` only the ``O(nd)`` quantities are computed
-    (``λ_max`` by the trace upper bound).
+    computed), ``spectral`` (:func:`datainf_spectral_certificate`, with
+    ``spectral_mu_bar``, ``spectral_mu_bar_method`` and ``spectral_lambda_max_R``), and
+    ``bound``: the smallest valid bound available (the true error when computed, else
+    normally ``spectral``).  With ``full=False`` only the ``O(nd)`` quantities are
+    computed (``λ_max`` and the spectral ``μ̄`` by the trace upper bound); with
+    ``full=True`` the spectral certificate uses the small-side Gram when
+    ``min(n, d) <= max_gram_rows`` and Lanczos otherwise.
 
     ``sq_norms`` (optional) are precomputed ``||u_i||²`` in the factor's dtype (a solver
     already has them): they are used instead of a float64 pass over the factor, inflated by
@@ -280,9 +268,11 @@ def datainf_certificates(
     xp, n, d, lam, s = _validate(factor, damping, scale)
     if sq_norms is None:
         t = _scaled_norms64(xp, factor, n, s)  # one pass over the factor for the O(nd) bounds
+        infl = 1.0 + (d + 4) * EPS64
     else:
         inflate = 1.0 + 2.0 * d * Bk.eps(sq_norms.dtype)
         t = (n * s * inflate) * xp.astype(sq_norms, xp.float64)
+        infl = 1.0 + 4 * EPS64
     if full and n <= max_gram_rows:
         lm, how = gram_lambda_max(factor, scale=s, method="gram")
     else:
@@ -306,7 +296,12 @@ def datainf_certificates(
             )
         if r <= max_true_dim:
             out["true_error"] = datainf_true_error(factor, lam, scale=s, max_dim=max_true_dim)
-    candidates = [out["certificate"], out["paper_bound"]]
+    spec = _spectral(factor, lam, s, t, infl, "auto" if full else "trace", max_gram_rows, 64, 1e-3, 0)
+    out["spectral"] = spec.value
+    out["spectral_mu_bar"] = spec.mu_bar
+    out["spectral_mu_bar_method"] = spec.mu_bar_method
+    out["spectral_lambda_max_R"] = spec.lambda_max_R_upper
+    candidates = [out["spectral"], out["certificate"], out["paper_bound"]]
     if out["intermediate"] is not None:
         candidates.append(out["intermediate"])
     out["bound"] = out["true_error"] if out["true_error"] is not None else min(candidates)
@@ -351,7 +346,7 @@ def datainf_influence_error_bound(train_grads, test_grads, bounds):
                 f"block {i}: {g.shape[0]} training and {v.shape[0]} test rows, but block 0 has "
                 f"{out.shape[1]} and {out.shape[0]}"
             )
-        b = Bk.finite_scalar(b, "bounds", minimum=0.0)
+        b = C.real(b, "bounds", minimum=0.0)
         term = b * (xp.sqrt(row_sq_norms(v))[:, None] * xp.sqrt(row_sq_norms(g))[None, :])
         out = term if out is None else out + term
     return out

@@ -1,4 +1,4 @@
-r"""LiSSA step/batch/steps plans and error bounds (THEORY.md §5).
+r"""LiSSA step/batch/steps plans and error bounds (docs/theory.md §5).
 
 LiSSA is stochastic Richardson iteration on ``A = H + λI``:
 
@@ -69,7 +69,7 @@ def _bound_grid(eta, lam, sigma_b2, steps, gammas, weight=1.0):
 def lissa_error_bound(step, damping, lambda_max, sigma1_sq, batch_size, steps, *, gamma=None, weight=1.0):
     r"""Bound on the relative root-mean-square error ``sqrt(E‖u_T − u*‖²)/‖u*‖`` of LiSSA.
 
-    Evaluates THEORY.md §5(b), minimized over ``γ`` on a log grid (or at the given
+    Evaluates docs/theory.md §5.3, minimized over ``γ`` on a log grid (or at the given
     ``gamma``).  Returns ``inf`` when the step exceeds ``1/(λ_max + λ)`` (the bound
     does not apply) or when ``ρ >= 1`` for every ``γ`` (batch below the threshold).
 
@@ -130,7 +130,7 @@ def lissa_batch_threshold(step, damping, sigma1_sq):
     r"""Smallest batch size with ``ρ < 1`` for some ``γ``: ``B > η σ₁² / (λ (2 − ηλ))``.
 
     Below it the second-moment bound is void and LiSSA typically diverges
-    (THEORY.md §5).  Returns a float (the threshold itself, not rounded).
+    (docs/theory.md §5).  Returns a float (the threshold itself, not rounded).
 
     Examples
     --------
@@ -205,7 +205,7 @@ def plan_lissa(
     max_batch=1 << 16,
     weight=1.0,
 ):
-    r"""Cheapest ``(η, B, T)`` whose THEORY.md §5 bound meets a relative accuracy.
+    r"""Cheapest ``(η, B, T)`` whose docs/theory.md §5 bound meets a relative accuracy.
 
     Minimizes the per-column cost ``T·B`` (per-sample products; ``T·n_samples`` for
     full-batch products) subject to

@@ -190,8 +190,19 @@ class Operator(abc.ABC):
 
 
 def eigvalsh_host(xp, M) -> np.ndarray:
-    """Eigenvalues of symmetric ``M`` (computed on its device, float64 host result)."""
-    return B.to_host(xp.linalg.eigvalsh(M), np.float64)
+    """Eigenvalues of symmetric ``M`` (computed on its device, float64 host result).
+
+    A non-finite ``M`` (products out of the dtype's range) or a failed eigensolver is a
+    NonFiniteError, never a library-specific exception.
+    """
+    from ..errors import NonFiniteError
+
+    if not bool(xp.all(xp.isfinite(M))):
+        raise NonFiniteError("operator: its small Gram / dense matrix is not finite (entries out of the dtype's range)")
+    try:
+        return B.to_host(xp.linalg.eigvalsh(M), np.float64)
+    except Exception as exc:  # numpy LinAlgError, torch _LinAlgError
+        raise NonFiniteError(f"operator: the symmetric eigensolver failed ({type(exc).__name__}: {exc})") from None
 
 
 def rounding_allowance(values: np.ndarray, m: int, dtype) -> float:

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import _checks as C
-from .._arrays import as_generator, col_norms64, row_sq_norms
+from .._arrays import as_generator, col_norms64, gram64, row_sq_norms
 from ..errors import OperatorTooLargeError, ShapeError
 from .base import Operator, Spectrum, eigvalsh_host, rounding_allowance
 
@@ -79,7 +79,7 @@ class LowRankPlusIdentity(Operator):
 
     # ------------------------------------------------------------ structure protocol
     def trace(self) -> float:
-        return self.shift * self._size + self.scale * float(self._xp.sum(row_sq_norms(self.factor)))
+        return self.shift * self._size + self.scale * float(self._xp.sum(row_sq_norms(self.factor, dtype=self._xp.float64)))
 
     def norm_bound(self) -> float:
         # ‖sUᵀU‖₂ <= s‖U‖_F², in float64
@@ -99,7 +99,7 @@ class LowRankPlusIdentity(Operator):
         m = min(n, d)
         if m > max_dim:
             raise OperatorTooLargeError(f"spectrum: the {m}×{m} eigenproblem exceeds max_dim={max_dim}")
-        ev = self.scale * eigvalsh_host(self._xp, U @ U.T if n <= d else U.T @ U)
+        ev = self.scale * eigvalsh_host(self._xp, gram64(U) if n <= d else gram64(U.T))
         values = np.concatenate([ev + self.shift, [self.shift]]) if n < d else ev + self.shift
         counts = np.concatenate([np.ones(m), [d - n]]) if n < d else np.ones(m)
         return Spectrum(values, counts, rounding_allowance(ev, m, self._dtype))
@@ -115,7 +115,7 @@ class LowRankPlusIdentity(Operator):
 
     def sample_second_moment_trace(self) -> float:
         """``tr E[(g gᵀ)²] = mean_i ‖g̃_i‖⁴`` with ``g̃_i = sqrt(n·scale)·u_i`` (shift excluded)."""
-        r = (self.scale * self.n_rows) * row_sq_norms(self.factor)
+        r = (self.scale * self.n_rows) * row_sq_norms(self.factor, dtype=self._xp.float64)
         return float(self._xp.mean(r * r))
 
     def minibatch_indices(self, batch_size: int, rng):

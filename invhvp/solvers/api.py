@@ -5,6 +5,7 @@ from __future__ import annotations
 from .. import _checks as C
 from ..errors import DTypeError, InvhvpError, UnsupportedOperatorError
 from ..operators import BlockDiagonal, Operator
+from ..operators.convert import from_scipy
 from .base import Counted, Solver
 from .block import BlockInverse
 from .cg import CG
@@ -15,13 +16,11 @@ __all__ = ["inverse", "solve", "choose_solver", "as_operator"]
 
 
 def as_operator(operator) -> Operator:
-    """``operator`` as an invhvp operator, or a DTypeError that says how to wrap it."""
+    """``operator`` as an invhvp operator: scipy LinearOperators, sparse matrices and 2-D arrays
+    are wrapped (:func:`invhvp.interop.from_scipy`); anything else is a DTypeError."""
     if isinstance(operator, Operator):
         return operator
-    raise DTypeError(
-        f"operator: expected an invhvp operator (Dense, LowRankPlusIdentity, BlockDiagonal, "
-        f"MatrixFree), got {type(operator).__name__}; wrap a matrix with invhvp.Dense(matrix)"
-    )
+    return from_scipy(operator)
 
 
 def choose_solver(operator) -> tuple[Solver, str]:
@@ -43,12 +42,14 @@ def choose_solver(operator) -> tuple[Solver, str]:
     )
 
 
-def inverse(operator, solver: Solver | None = None, *, damping=0.0, on_failure: str = "raise") -> Inverse:
+def inverse(
+    operator, solver: Solver | None = None, *, damping=0.0, on_failure: str = "raise", progress=None
+) -> Inverse:
     r"""``(A + λI)⁻¹`` as ``solver`` applies it: do the one-time work, apply it many times.
 
     Parameters
     ----------
-    operator : invhvp operator
+    operator : invhvp operator, scipy LinearOperator, scipy sparse matrix or 2-D array
     solver : Solver, optional
         ``Exact()``, ``CG(...)``, ``DataInf()``, ``LiSSA(...)``, ``Nystrom(rank)``, ``Identity()``; ``None`` chooses
         automatically (:func:`choose_solver`; the reason is in ``inv.info["auto"]``).
@@ -56,6 +57,8 @@ def inverse(operator, solver: Solver | None = None, *, damping=0.0, on_failure: 
         ``λ >= 0``; for a :class:`~invhvp.BlockDiagonal`, one value per block is accepted.
     on_failure : {"raise", "warn", "ignore"}
         Default policy of the inverse's solves when a status is not SUCCESS.
+    progress : callable, optional
+        ``progress(done, total)`` after each block's one-time work (for progress bars).
 
     Returns
     -------
@@ -90,7 +93,8 @@ def inverse(operator, solver: Solver | None = None, *, damping=0.0, on_failure: 
         raise DTypeError(f"solver: expected an invhvp solver instance such as invhvp.CG(), got {solver!r}")
     _precheck(solver, op, "operator")  # refuse before any work
     counted = Counted(op)
-    inv = _build(solver, counted, lam, None)
+    leaves = [0, _count_leaves(op, solver)]
+    inv = _build(solver, counted, lam, None, _Tick(leaves, progress))
     inv.setup_matvec = counted.n
     inv.on_failure = policy
     if reason is not None:
@@ -118,17 +122,35 @@ def _renamed(exc, message):
         return exc
 
 
-def _build(solver, counted, lam, rng):
+def _count_leaves(op, solver) -> int:
+    if isinstance(op, BlockDiagonal) and solver.splits_blocks():
+        return sum(_count_leaves(b, solver) for b in op.blocks)
+    return 1
+
+
+class _Tick:
+    def __init__(self, state, progress):
+        self.state, self.progress = state, progress
+
+    def __call__(self):
+        self.state[0] += 1
+        if self.progress is not None:
+            self.progress(self.state[0], self.state[1])
+
+
+def _build(solver, counted, lam, rng, tick):
     """One inverse per block (recursively for nested block-diagonal operators), or one joint inverse."""
     op = counted.op
     if not (isinstance(op, BlockDiagonal) and solver.splits_blocks()):
-        return solver._factor(counted, lam, rng)
+        inv = solver._factor(counted, lam, rng)
+        tick()
+        return inv
     lams = lam if isinstance(lam, tuple) else (lam,) * op.n_blocks
     parts = []
     for i, (b, (cfg, r), lb) in enumerate(zip(op.blocks, solver._per_block(op, rng), lams)):
         n0 = counted.n
         try:
-            part = _build(cfg, Counted(b, counted.counter), lb, r)
+            part = _build(cfg, Counted(b, counted.counter), lb, r, tick)
         except InvhvpError as exc:  # name the block; typed errors keep their type
             if str(exc).startswith("blocks["):
                 raise
@@ -143,8 +165,9 @@ def solve(operator, rhs, solver: Solver | None = None, *, damping=0.0, on_failur
 
     Parameters
     ----------
-    operator : invhvp operator
-        ``Dense``, ``BlockDiagonal``, ``LowRankPlusIdentity``, ``MatrixFree`` (or a subclass).
+    operator : invhvp operator, scipy LinearOperator, scipy sparse matrix or 2-D array
+        ``Dense``, ``BlockDiagonal``, ``LowRankPlusIdentity``, ``MatrixFree`` (or a subclass);
+        other inputs are wrapped by :func:`invhvp.interop.from_scipy` (taken as PSD).
     rhs : array, shape (d,) or (d, k)
         numpy array or torch tensor of the operator's array library, dtype and device.
     solver : Solver, optional

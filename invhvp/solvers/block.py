@@ -67,21 +67,25 @@ class BlockInverse(Inverse):
         self._rows_arg(x, name)
         return [x[:, s] for s in op.slices()]
 
-    def quad(self, left, right=None, *, side="auto", chunk_size=None, on_failure=None, results=None):
+    def quad(self, left, right=None, *, side="auto", chunk_size=None, on_failure=None, results=None, progress=None):
         policy = self.on_failure if on_failure is None else C.choice(on_failure, "on_failure", FAILURE_POLICIES)
         Ls = self._split(left, "left")
         Rs = [None] * len(self.parts) if right is None else self._split(right, "right")
         out = None
-        for p, Lb, Rb in zip(self.parts, Ls, Rs):
+        for i, (p, Lb, Rb) in enumerate(zip(self.parts, Ls, Rs)):
             q = p.quad(Lb, Rb, side=side, chunk_size=chunk_size, on_failure=policy, results=results)
             out = q if out is None else out + q
+            if progress is not None:
+                progress(i + 1, len(self.parts))
         return out
 
-    def quad_diag(self, rows=None, *, chunk_size=None, on_failure=None, results=None):
+    def quad_diag(self, rows=None, *, chunk_size=None, on_failure=None, results=None, progress=None):
         policy = self.on_failure if on_failure is None else C.choice(on_failure, "on_failure", FAILURE_POLICIES)
         Gs = [None] * len(self.parts) if rows is None else self._split(rows, "rows")
         out = None
-        for p, Gb in zip(self.parts, Gs):
+        for i, (p, Gb) in enumerate(zip(self.parts, Gs)):
             q = p.quad_diag(Gb, chunk_size=chunk_size, on_failure=policy, results=results)
             out = q if out is None else out + q
+            if progress is not None:
+                progress(i + 1, len(self.parts))
         return out

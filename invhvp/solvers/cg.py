@@ -31,16 +31,17 @@ class CG(Solver):
     still-active columns in one ``matmat``; converged columns drop out of the product.
 
     **Stopping rule and status** (docs/theory.md §7), per column ``j``: the recursive
-    residual must reach ``max(rtol·‖b_j‖, atol)``; then the *true* residual
-    ``b − (A + λI)x`` is computed, and a column whose true residual misses the tolerance
+    residual must reach ``tol_j/2`` with ``tol_j = max(rtol·‖b_j‖, atol)``; then the *true*
+    residual ``b − (A + λI)x`` is computed, and a column whose true residual misses ``tol_j/2``
     restarts from its iterate (at most ``max_restarts`` times, within ``maxiter``).  SUCCESS
-    only when every column's true residual meets the tolerance; ``MAX_ITER`` when the budget
-    ran out; ``NONPOSITIVE_CURVATURE`` on ``pᵀ(A+λI)p <= 0`` (keeps the last iterate), or when
-    ``A + λI`` of an indefinite operator (``psd=False``, e.g. a Hessian) is not certified
-    positive definite at setup; ``NONFINITE`` on NaN/inf from the operator or preconditioner.
-    ``info["error_bound"]`` is ``(‖r‖ + δ)/λ_lo`` with ``λ_lo`` a lower bound on
-    ``λ_min(A + λI)``: ``eig_lower + λ`` for a PSD operator, the certified estimate below for
-    an indefinite one.
+    only when every column's true residual plus its rounding allowance ``δ_j`` meets ``tol_j``
+    (INACCURATE when ``δ_j`` alone makes that impossible: the tolerance is below what the
+    precision can verify); ``MAX_ITER`` when the budget ran out; ``NONPOSITIVE_CURVATURE`` on
+    ``pᵀ(A+λI)p <= 0`` (keeps the last iterate), or when ``A + λI`` of an indefinite operator
+    (``psd=False``, e.g. a Hessian) is not certified positive definite at setup; ``NONFINITE``
+    on NaN/inf from the operator or preconditioner.  ``info["error_bound"]`` is
+    ``(‖r‖ + δ)/λ_lo`` with ``λ_lo`` a lower bound on ``λ_min(A + λI)``: ``eig_lower + λ`` for a
+    PSD operator, the certified estimate below for an indefinite one.
 
     **Indefinite operators** (``psd=False``): the setup estimates the lower end of the
     spectrum (``lanczos_steps`` Lanczos steps; the smallest Ritz value is an *upper* bound on
@@ -192,8 +193,11 @@ class CGInverse(Inverse):
         if self.lower is None:
             return super().lam_lower()
         lam = min(self.damping) if isinstance(self.damping, tuple) else float(self.damping)
-        lo = self.lower["lower"] + lam
-        return lo if self.lower["certified"] and lo > 0 else None
+        if not self.lower["certified"]:
+            return None
+        # the estimated lower end, less the rounding allowance of the default (docs/theory.md §7)
+        lo = self.lower["lower"] + lam - 10.0 * Bk.eps(self.operator.dtype) * self.norm_estimate_for_check()
+        return lo if lo > 0 else None
 
     def _apply(self, B):
         s, op, xp = self.solver, self.operator, self.operator.xp
@@ -211,7 +215,10 @@ class CGInverse(Inverse):
         scale = xp.asarray(sc, dtype=B.dtype, device=Bk.device_of(B))[None, :]
         B = B / scale
         X = None if X is None else X / scale
-        tol = xp.asarray(np.maximum(s.rtol * (bn > 0), s.atol / sc), dtype=B.dtype, device=Bk.device_of(B))
+        # iterate to half the tolerance, so that the check's rounding allowance fits (docs/theory.md §7.4)
+        tol = xp.asarray(
+            0.5 * np.maximum(s.rtol * (bn > 0), s.atol / sc), dtype=B.dtype, device=Bk.device_of(B)
+        )
         R = B if X is None else B - (self._prod.matmat(X) + lam * X)
         X = xp.zeros((d, k), dtype=B.dtype, device=Bk.device_of(B)) if X is None else X
         total, restarts, cols = 0, 0, np.arange(k)
@@ -320,10 +327,20 @@ class CGInverse(Inverse):
         return X, it
 
     def _verify(self, out, chk):
+        """SUCCESS when the true residual, with its rounding allowance δ, meets the tolerance."""
         s = self.solver
         tol = np.maximum(s.rtol * chk.b, s.atol)
-        if np.all(chk.r <= tol):
+        if np.all(chk.r + chk.delta <= tol):
             return Status.SUCCESS, {}
+        if np.all(chk.r <= tol):
+            worst = float(np.max(chk.delta / np.maximum(chk.b, 1e-300)))
+            return Status.INACCURATE, {
+                "advice": (
+                    f"the tolerance is below what {self.operator.dtype} can verify: the residual's rounding "
+                    f"error is about {worst:.2g}·‖b‖ (docs/theory.md §7.2); loosen rtol/atol, add damping, "
+                    "or use float64"
+                )
+            }
         return (out.status if out.status is not Status.SUCCESS else Status.INACCURATE), {}
 
 

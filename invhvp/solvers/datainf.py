@@ -7,13 +7,14 @@ products or the Gram route) and the self-influence diagonal.  Its certificates l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .. import _backend as Bk
 from .. import _checks as C
 from .._arrays import row_chunks, row_sq_norms, rows_per_chunk
 from ..bounds.datainf import datainf_certificates
-from ..errors import DampingError, UnsupportedOperatorError
+from ..errors import DampingError, NonFiniteError, UnsupportedOperatorError
 from ..operators import LowRankPlusIdentity
 from ..result import Status
 from .base import Outcome, Solver
@@ -39,8 +40,15 @@ def datainf_weights(sq_norms, lam: float, scale: float, n_total: int):
     return scale / (lam + (n_total * scale) * sq_norms)
 
 
-def datainf_partial(U_rows, w_rows, B):
-    """``Σ_{i in rows} w_i u_i (u_iᵀ B)`` for a chunk of rows (two products, ``O(rows·d·k)``)."""
+def datainf_partial(U_rows, w_rows, B=None):
+    """``Σ_{i in rows} w_i u_i (u_iᵀ B)`` for a chunk of rows (two products, ``O(rows·d·k)``).
+
+    ``B=None`` stands for the identity: the ``d×d`` matrix ``M = Σ w_i u_i u_iᵀ``
+    (``O(rows·d²)``), so that ``R = datainf_finish(I, M, λ)`` gives self-influence
+    ``u_iᵀ R u_i`` for rows that are not in memory at once.
+    """
+    if B is None:
+        return U_rows.T @ (w_rows[:, None] * U_rows)
     return U_rows.T @ (w_rows[:, None] * (U_rows @ B))
 
 
@@ -130,11 +138,21 @@ class DataInfInverse(Inverse):
         op = counted.op
         super().__init__(solver, counted, damping, {"method": "datainf", "damping_total": lam, "note": _NOTE})
         self.lam, self.U, self.s, self.chunk = lam, op.factor, op.scale, solver.chunk_size
-        t = row_sq_norms(self.U, chunk_rows=self.chunk)
-        self.t = t
-        self.w = datainf_weights(t, lam, self.s, op.n_rows)  # s·D_ii
-        cert = datainf_certificates(self.U, lam, scale=self.s, full=solver.certify, sq_norms=t)
-        self.bound = cert["bound"]
+        xp = op.xp
+        t64 = row_sq_norms(self.U, dtype=xp.float64, chunk_rows=self.chunk)  # no float32 overflow
+        w64 = datainf_weights(t64, lam, self.s, op.n_rows)  # s·D_ii
+        self.t, self.w = xp.astype(t64, op.dtype), xp.astype(w64, op.dtype)
+        if not (bool(xp.all(xp.isfinite(self.t))) and bool(xp.all((self.w > 0) | (w64 == 0)))):
+            raise NonFiniteError(
+                f"factor: DataInf's row norms or weights leave the range of {op.dtype} (squared row norms up to "
+                f"{float(xp.max(t64)):.3g}); rescale the gradients or use float64"
+            )
+        cert = datainf_certificates(self.U, lam, scale=self.s, full=solver.certify, sq_norms=self.t)
+        if not math.isfinite(cert["bound"]):
+            raise NonFiniteError("factor: DataInf's certificate is not finite; rescale the gradients or use float64")
+        # the computed R·b carries rounding of about u·sqrt(n + d)·‖b‖/λ on top of the certificate
+        n, d = (int(v) for v in self.U.shape)
+        self.bound = cert["bound"] + 10.0 * Bk.eps(op.dtype) * math.sqrt(n + d) / lam
         self.info["certificates"] = cert
 
     def _apply(self, B):

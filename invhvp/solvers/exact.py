@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import _backend as Bk
 from .. import _checks as C
-from .._arrays import random_matrix, row_chunks, rows_per_chunk
+from .._arrays import power_norm, random_matrix, row_chunks, rows_per_chunk
 from ..errors import (
     InputError,
     NonFiniteError,
@@ -114,14 +114,20 @@ class ExactInverse(Inverse):
         op = counted.op
         u = Bk.eps(op.dtype)
         self.rtol = solver.rtol if solver.rtol is not None else DEFAULT_RTOL[8 if u < 1e-10 else 4]
-        inv_norm = _power_norm(fac.apply, op, steps=6)
+        inv_norm = power_norm(op.xp, fac.apply, op.size, op.dtype, op.device)
         lo = self.lam_lower()
         if lo is not None and lo > 0:
             inv_norm = min(2.0 * inv_norm, 1.0 / lo)  # 2× safety on a Rayleigh (lower) estimate
         else:
             inv_norm = 2.0 * inv_norm
-        norm = _power_norm(fac.apply_matrix, op, steps=6)
+        norm = power_norm(op.xp, fac.apply_matrix, op.size, op.dtype, op.device)
+        if not (np.isfinite(inv_norm) and np.isfinite(norm)) or inv_norm == 0.0 or norm == 0.0:
+            raise NonFiniteError(
+                "the factorization or the operator produced non-finite or zero products; check the operator "
+                "and the damping (the problem may be out of the dtype's range)"
+            )
         self.inv_norm = inv_norm
+        self.norm_estimate = norm
         cond = norm * inv_norm
         self.info.update(
             condition_estimate=cond,
@@ -166,23 +172,22 @@ class ExactInverse(Inverse):
     def _diag_own(self, chunk_size):
         return self.fac.diag_own(chunk_size)
 
+    def quad_diag(self, rows=None, *, chunk_size=None, on_failure=None, results=None, progress=None):
+        """``diag(G (A + λI)⁻¹ Gᵀ)``; with a Cholesky factor ``LLᵀ`` and explicit rows this is
+        ``‖L⁻¹ g_i‖²``: one triangular solve per chunk of rows instead of two."""
+        if rows is None or not isinstance(self.fac, _Cholesky):
+            return super().quad_diag(rows, chunk_size=chunk_size, on_failure=on_failure, results=results, progress=progress)
+        from .inverse import FAILURE_POLICIES, _done
 
-def _power_norm(apply, op, steps):
-    """Rayleigh estimate of ``‖M‖`` for a symmetric ``apply`` (a lower bound; deterministic start)."""
-    xp = op.xp
-    q = random_matrix(xp, (op.size, 1), op.dtype, op.device, 12345, kind="normal")
-    est = 0.0
-    for _ in range(steps):
-        nq = float(xp.linalg.vector_norm(q))
-        if not nq > 0.0:
-            break
-        q = q / nq
-        w = apply(q)
-        est = float(xp.linalg.vector_norm(w))
-        q = w
-    if not np.isfinite(est):
-        raise NonFiniteError("the factorization produced non-finite values (overflow): rescale the problem")
-    return est
+        policy = self.on_failure if on_failure is None else C.choice(on_failure, "on_failure", FAILURE_POLICIES)
+        G = self._rows_arg(rows, "rows")
+        xp = self.operator.xp
+        parts = []
+        for sl in row_chunks(int(G.shape[0]), rows_per_chunk(self.size, chunk_size)):
+            Y = Bk.solve_lower(xp, self.fac.L, G[sl, :].T)
+            parts.append(xp.sum(Y * Y, axis=0))
+        self._closed_form_policy(policy, results, "quad_diag")
+        return _done(xp.concat(parts, axis=0), progress)
 
 
 # ----------------------------------------------------------------------------- factors

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import _backend as Bk
 from .. import _checks as C
-from .._arrays import col_norms64, row_chunks, rows_per_chunk
+from .._arrays import col_norms64, power_norm, row_chunks, rows_per_chunk
 from ..errors import ConvergenceError, ShapeError, UnsupportedOperatorError
 from ..result import SolveResult, Status
 from .base import Counted, Outcome
@@ -31,17 +31,19 @@ FAILURE_POLICIES = ("raise", "warn", "ignore")
 class Check:
     """Float64 column norms of a solve: ``‖b‖``, ``‖x‖``, ``‖r‖`` and the rounding allowance.
 
-    ``delta = u·(2‖b‖ + ‖r‖)`` bounds (to first order, with a modest constant) the rounding
-    error of the computed residual ``r = b − (A + λI)x`` in working precision ``u``, since
-    ``‖(A + λI)x‖ <= ‖b‖ + ‖r‖``.  Bounds below add it so that they are never 0.
+    ``delta = u·(2‖b‖ + ‖r‖ + 2‖A + λI‖·‖x‖)`` estimates (to first order) the rounding error of
+    the residual ``r = b − (A + λI)x`` computed in working precision ``u``: the product
+    ``(A + λI)x`` carries an error of order ``u·‖A + λI‖·‖x‖``, which dominates when ``x`` lies in
+    the small eigen-directions (docs/theory.md §7.2).  Bounds below add it, so they are never 0,
+    and a tolerance below it cannot be verified.
     """
 
     __slots__ = ("b", "x", "r", "delta", "u")
 
-    def __init__(self, B, X, R, u: float):
+    def __init__(self, B, X, R, u: float, norm: float):
         self.b, self.x, self.r = col_norms64(B), col_norms64(X), col_norms64(R)
         self.u = u
-        self.delta = u * (2.0 * self.b + self.r)
+        self.delta = u * (2.0 * self.b + self.r + 2.0 * norm * self.x)
 
     def error_bound(self, lam_lower: float | None):
         """``‖x − x*‖ <= (‖r‖ + δ)/λ_min(A + λI)`` per column, when a positive lower bound is known."""
@@ -122,10 +124,26 @@ class Inverse:
         return self.operator.size
 
     def lam_lower(self) -> float | None:
-        """A lower bound on ``λ_min(A + λI)`` (``None`` when unknown)."""
+        """A lower bound on ``λ_min(A + λI)`` (``None`` when unknown or not positive).
+
+        The operator's declared lower end (0 for PSD, the shift of a low-rank operator) less a
+        rounding allowance ``10·u·‖A + λI‖``: data rounded to float32 can be indefinite by that much.
+        """
         lo = self.operator.eig_lower()
+        if lo is None:
+            return None
         lam = self.damping if not isinstance(self.damping, tuple) else min(self.damping)
-        return None if lo is None else lo + lam
+        v = lo + lam - 10.0 * Bk.eps(self.operator.dtype) * self.norm_estimate_for_check()
+        return v if v > 0.0 else None
+
+    def norm_estimate_for_check(self) -> float:
+        """An estimate of ``‖A + λI‖₂`` (power iteration, once per inverse, a few products)."""
+        if getattr(self, "norm_estimate", None) is None:
+            op = self.operator
+            lam = self._lam_array()
+            self.norm_estimate = power_norm(op.xp, lambda v: op._matmat(v) + lam * v, op.size, op.dtype, op.device)
+            self._norm_products = 6
+        return self.norm_estimate
 
     def _lam_array(self):
         if not isinstance(self.damping, tuple):
@@ -155,10 +173,22 @@ class Inverse:
         if R is None:
             R = B - (op._matmat(X) + self._lam_array() * X)
             n_check = int(B.shape[1])
-        chk = Check(B, X, R, Bk.eps(op.dtype))
+        first = getattr(self, "norm_estimate", None) is None
+        chk = Check(B, X, R, Bk.eps(op.dtype), self.norm_estimate_for_check())
+        n_check += getattr(self, "_norm_products", 0) if first else 0
         if not np.all(np.isfinite(chk.r)):
             info.setdefault("advice", "the residual is NaN or infinite: the operator's products are not finite")
             return X, Status.NONFINITE, out.n_iter, n_mv, info, chk.r, n_check
+        # a solution at the bottom of the dtype's range (subnormal entries) has lost its precision
+        tiny = Bk.tiny(op.dtype) / math.sqrt(Bk.eps(op.dtype))
+        if np.any((chk.x < tiny) & (chk.b > 0.0)) and self.kind != "approximation":
+            prior = info.get("advice")
+            info["advice"] = (prior + "; " if prior else "") + (
+                f"a solution column has norm below {tiny:.2g}, at the bottom of {op.dtype}'s range (subnormal or "
+                "zero entries lose their precision): rescale the problem or use float64"
+            )
+            status = Status.worst([status, Status.INACCURATE])
+            return X, status, out.n_iter, n_mv, self._with_setup_advice(info), chk.r, n_check
         status2, extra = self._verify(out, chk)
         run_advice = extra.get("advice")
         info.update(extra)
@@ -213,7 +243,7 @@ class Inverse:
         return self.solve(rhs).x
 
     # ----------------------------------------------------------------- quadratic forms
-    def quad(self, left, right=None, *, side="auto", chunk_size=None, on_failure=None, results=None):
+    def quad(self, left, right=None, *, side="auto", chunk_size=None, on_failure=None, results=None, progress=None):
         r"""``left · (A + λI)⁻¹ · rightᵀ`` (``m×n``), the kernel of influence matrices.
 
         ``left`` is ``(m, d)`` (rows = test gradients), ``right`` is ``(n, d)`` or ``None``
@@ -223,7 +253,8 @@ class Inverse:
         products or Gram route; identity: one product); otherwise the smaller side's rows are
         solved in chunks of ``chunk_size`` columns (``side`` forces ``"left"`` or ``"right"``)
         and multiplied by the other side.  Reports of those solves go to ``results`` (a list)
-        with ``x=None``.  Influence is ``−quad`` (docs/theory.md §1).
+        with ``x=None``; ``progress(done, total)`` is called after each block.  Influence is
+        ``−quad`` (docs/theory.md §1).
         """
         policy = self.on_failure if on_failure is None else C.choice(on_failure, "on_failure", FAILURE_POLICIES)
         C.choice(side, "side", ("auto", "left", "right"))
@@ -232,20 +263,20 @@ class Inverse:
             out = self._quad_own(T, chunk_size)
             if out is not None:
                 self._closed_form_policy(policy, results, "quad")
-                return out
+                return _done(out, progress)
             R = self._own_rows()
         else:
             R = self._rows_arg(right, "right")
-        return self._quad_generic(T, R, side, chunk_size, policy, results)
+        return _done(self._quad_generic(T, R, side, chunk_size, policy, results), progress)
 
-    def quad_diag(self, rows=None, *, chunk_size=None, on_failure=None, results=None):
+    def quad_diag(self, rows=None, *, chunk_size=None, on_failure=None, results=None, progress=None):
         """``diag(G · (A + λI)⁻¹ · Gᵀ)`` for rows ``G`` (default: the operator's own factor)."""
         policy = self.on_failure if on_failure is None else C.choice(on_failure, "on_failure", FAILURE_POLICIES)
         if rows is None:
             out = self._diag_own(chunk_size)
             if out is not None:
                 self._closed_form_policy(policy, results, "quad_diag")
-                return out
+                return _done(out, progress)
             G = self._own_rows()
         else:
             G = self._rows_arg(rows, "rows")
@@ -256,7 +287,7 @@ class Inverse:
             res = self.solve(Gc, on_failure=policy, check=self.kind != "direct")
             _record(results, res)
             parts.append(xp.sum(res.x * Gc, axis=0))
-        return xp.concat(parts, axis=0)
+        return _done(xp.concat(parts, axis=0), progress)
 
     def _closed_form_policy(self, policy, results, what):
         """A closed form has no residual: its status is the setup's (e.g. an exact factor's condition)."""
@@ -298,6 +329,12 @@ class Inverse:
 
     def __repr__(self) -> str:
         return f"Inverse({self.solver.name}, {self.info.get('method', '?')}, size={self.size}, damping={self.damping})"
+
+
+def _done(out, progress):
+    if progress is not None:
+        progress(1, 1)
+    return out
 
 
 def _record(results, res: SolveResult):

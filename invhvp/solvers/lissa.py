@@ -226,7 +226,11 @@ class LissaInverse(Inverse):
         self.setup_status = st.status
 
     def lam_lower(self) -> float | None:
-        return self.lam_eff if self.lam_eff > 0 and self.plan is not None else None
+        """``λ + s`` (``s``: the operator's or the certified lower end), less the rounding allowance."""
+        if self.plan is None:
+            return None
+        lo = self.lam_eff - 10.0 * Bk.eps(self.operator.dtype) * self.norm_estimate_for_check()
+        return lo if lo > 0 else None
 
     # ----------------------------------------------------------------- iteration
     def _apply(self, V):
@@ -238,8 +242,8 @@ class LissaInverse(Inverse):
         lam, k = float(self.damping), int(V.shape[1])
         n = op.n_samples
         vnorm = col_norms64(V)
+        u = Bk.eps(op.dtype)
         limit = s.divergence_factor * vnorm / self.lam_eff
-        floor = 100.0 * Bk.eps(op.dtype) * vnorm
         U = xp.zeros(V.shape, dtype=V.dtype, device=Bk.device_of(V))
         good, t_good, status, best_r, samples = U, 0, Status.SUCCESS, None, 0
         t = 0
@@ -263,10 +267,11 @@ class LissaInverse(Inverse):
             if np.any(nrm > limit):
                 status = Status.DIVERGED
                 break
-            if Bsz is None and t > 1:  # full batch: ‖r_t‖_{P⁻¹} never grows for η <= 2/λ_max(M)
+            if Bsz is None and t > 1:  # full batch: ‖r_t‖_{P⁻¹} never grows for η <= 2/λ_max(M) ...
                 rn = col_norms64(G) if prec is None else np.sqrt(np.maximum(_col_dots64(G, Z), 0.0))
-                # growth beyond rounding (a converged run fluctuates at the eps·‖v‖ floor)
-                if best_r is not None and np.any(rn > 2.0 * best_r + floor):
+                # ... beyond the rounding noise of computing it, u·(‖v‖ + (λ_max + λ)‖u‖)
+                floor = 100.0 * u * (vnorm + (self.L + self.lam_eff) * nrm)
+                if best_r is not None and np.any((rn > 2.0 * best_r) & (rn > floor)):
                     status = Status.DIVERGED
                     break
                 best_r = rn if best_r is None else np.minimum(best_r, rn)

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _backend as Bk
 from ..bounds.lissa import plan_lissa
 from ..errors import DampingError
 from ..result import Status
@@ -128,7 +129,7 @@ def setup_lissa(solver, counted, lam: float, gen) -> LissaSetup:
         # the step check uses the point value when it is exact (its rounding allowance is for planning)
         L, L_check = est["lambda_max_upper"], est.get("lambda_max_value", est["lambda_max_upper"])
         p = plan_lissa(
-            L if solver.step is None else L_check, lam_eff, est.get("sigma1_sq", 0.0), solver.rtol, **common
+            L if solver.step is None else _plan_L(solver.step, L_check, lam_eff, op.dtype), lam_eff, est.get("sigma1_sq", 0.0), solver.rtol, **common
         )
         return p, L, 1.0 / (L_check + lam_eff)
 
@@ -179,12 +180,21 @@ def setup_lissa(solver, counted, lam: float, gen) -> LissaSetup:
         info["products"] = how
     info["estimates"] = est
     st = LissaSetup(lam_eff, L, plan, prec, prod, Status.SUCCESS, info)
-    _setup_status(st, chosen, eta_max, budget_mv, unit, bs, solver)
+    _setup_status(st, chosen, eta_max, budget_mv, unit, bs, solver, op.dtype)
     return st
 
 
-def _setup_status(st, p, eta_max, budget_mv, unit, bs, solver):
-    if p.step > eta_max * (1 + 1e-9):
+def _plan_L(step: float, L_check: float, lam_eff: float, dtype) -> float:
+    """``λ_max`` for evaluating a user step: within the dtype's precision of ``1/(λ_max+λ)`` counts as on it."""
+    slack = 1 + 100 * Bk.eps(dtype)
+    if step <= slack / (L_check + lam_eff):
+        return min(L_check, max(1.0 / step - lam_eff, 0.0))
+    return L_check
+
+
+def _setup_status(st, p, eta_max, budget_mv, unit, bs, solver, dtype):
+    # λ_max of data held in this dtype is known to about its precision
+    if p.step > eta_max * (1 + 100 * Bk.eps(dtype)):
         st.status = Status.INACCURATE
         st.info["advice"] = (
             f"step η={p.step:.3g} exceeds 1/(λ_max+λ)={eta_max:.3g} (λ_max estimate {st.L:.3g}): "

@@ -1,6 +1,6 @@
 """The methods compared by the studies, and how one influence matrix is computed with each.
 
-Influence values follow the package convention (THEORY.md §1)::
+Influence values follow the package convention (docs/theory.md §1)::
 
     I(z_t, z_i) = − Σ_l g_{t,l}ᵀ (G_l + λ_l I)⁻¹ g_{i,l}
 
@@ -59,7 +59,7 @@ class MethodRun:
 def default_methods(
     quick: bool = True, n_queries: int = 21, lissa_budget: int | None = 300, cg_maxiter: int = 500
 ) -> list[Method]:
-    """The methods of the approximation-error study (THEORY.md §7, DataInf Fig. 1).
+    """The methods of the approximation-error study (docs/theory.md §12, DataInf Fig. 1).
 
     Parameters
     ----------
@@ -132,7 +132,7 @@ def default_methods(
 
 
 def default_damping(train_grads, factor: float = 0.1) -> list[float]:
-    """Per-block damping ``λ_l = factor · tr(G_l)/d_l`` (THEORY.md §2), via :func:`invhvp.default_damping`."""
+    """Per-block damping ``λ_l = factor · tr(G_l)/d_l`` (docs/theory.md §2), via :func:`invhvp.default_damping`."""
     import invhvp
 
     return [float(v) for v in invhvp.default_damping(list(train_grads), factor=factor)]

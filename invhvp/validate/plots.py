@@ -116,11 +116,16 @@ def make_plots(out: Path, rows, datainf_rows, lissa_results) -> list[Path]:
         fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.2), squeeze=False)
         for ax, setting in zip(axes[0], settings):
             sub = [r for r in datainf_rows if r["setting"] == setting]
-            for key, mk in (
-                ("true_error", "o"),
-                ("intermediate", "^"),
-                ("certificate", "s"),
-                ("paper_bound", "x"),
+            ratios = [r["spectral_ratio"] for r in sub if _finite(r.get("spectral_ratio"))]
+            spectral_label = "spectral (docs/theory.md §4)"
+            if ratios:
+                spectral_label += f", ÷ true error: {min(ratios):.2f}–{max(ratios):.2f}"
+            for key, mk, label in (
+                ("true_error", "o", "true_error"),
+                ("spectral", "D", spectral_label),
+                ("intermediate", "^", "intermediate"),
+                ("certificate", "s", "certificate"),
+                ("paper_bound", "x", "paper_bound"),
             ):
                 pts = [
                     (r["d"], r["damping"] * r[key])
@@ -128,7 +133,7 @@ def make_plots(out: Path, rows, datainf_rows, lissa_results) -> list[Path]:
                     if r.get(key) is not None and _finite(r[key]) and r[key] > 0
                 ]
                 if pts:
-                    ax.scatter(*zip(*pts), marker=mk, label=key, s=20, alpha=0.8)
+                    ax.scatter(*zip(*pts), marker=mk, label=label, s=20, alpha=0.8)
             ax.set_xscale("log")
             ax.set_yscale("log")
             dims = sorted({r["d"] for r in sub})

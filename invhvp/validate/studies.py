@@ -144,11 +144,13 @@ def influence_study(problems, methods, device=None, seed: int = 0, n_pairs: int 
 
 # --------------------------------------------------------------------------- theory: DataInf
 def datainf_error_rows(problems, max_dim: int = 2048):
-    """DataInf's true per-block error ``‖S̄⁻¹ − R‖₂`` beside its certificates (THEORY.md §4).
+    """DataInf's true per-block error ``‖S̄⁻¹ − R‖₂`` beside its certificates (docs/theory.md §4).
 
     One row per (problem, block) from :func:`invhvp.bounds.datainf_certificates`: ``d_l``,
     ``n``, ``λ_l``, ``true_error`` (``nan`` when ``min(n, d_l) > max_dim``), the
-    ``intermediate`` bound, the computable ``certificate`` and the paper's ``paper_bound``.
+    ``intermediate`` bound, the computable ``certificate``, the paper's ``paper_bound``, the
+    ``spectral`` certificate and ``spectral_ratio`` = spectral / true error (``nan`` without
+    the true error).
 
     Parameters
     ----------
@@ -173,9 +175,12 @@ def datainf_error_rows(problems, max_dim: int = 2048):
                 "intermediate",
                 "certificate",
                 "paper_bound",
+                "spectral",
             ):
                 v = c.get(k)
                 row[k] = float("nan") if v is None else v
+            te = c.get("true_error")
+            row["spectral_ratio"] = c["spectral"] / te if te else float("nan")
             rows.append(row)
     return rows
 
