@@ -64,10 +64,11 @@ def _blocks(res, key):
     return [b.get(key) for b in res.info.get("blocks", [res.info])]
 
 
-def minilm(repeats: int):
+def minilm(repeats: int, dtype: str = "float32"):
     import invhvp as ih
 
-    op, op64, T, means = _minilm()
+    op, op64, T, means = _minilm(np.dtype(dtype))
+    print(f"# {dtype} gradients and right-hand sides")
     lam = [0.1 * m for m in means]
     xs = ih.solve(op64, T.astype(np.float64), ih.Exact(), damping=lam).x
     methods = {
@@ -117,8 +118,10 @@ def sweep(factors, plain_maxiter: int, dtype: str):
     import invhvp as ih
 
     op, _, T, means = _minilm(np.dtype(dtype))
-    print(f"# {dtype}: in float32 the true residual cannot reach 1e-4·‖b‖ for the ill-conditioned blocks at small λ "
-          "(status INACCURATE after restarts), so the iteration counts are taken in float64")
+    print(
+        f"# {dtype}: in float32 the true residual cannot reach 1e-4·‖b‖ for the ill-conditioned blocks at small λ "
+        "(status INACCURATE after restarts), so the iteration counts are taken in float64"
+    )
     print(
         "| λ / mean eigenvalue | solver | max iterations | mean iterations (blocks) | sketch ranks | seconds | status |"
     )
@@ -236,7 +239,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--factors", type=float, nargs="+", default=[1e-1, 1e-2, 1e-3])
     ap.add_argument("--plain-maxiter", type=int, default=5000)
-    ap.add_argument("--dtype", default="float64", help="sweep: dtype of the gradients")
+    ap.add_argument(
+        "--dtype", default="sweep-default", help="dtype of the gradients (minilm: float32, sweep: float64)"
+    )
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--rhs", type=int, default=10)
@@ -247,9 +252,9 @@ def main(argv=None):
         f"1 thread, load average {os.getloadavg()[0]:.1f} at start"
     )
     if args.part == "minilm":
-        minilm(args.repeats)
+        minilm(args.repeats, "float32" if args.dtype == "sweep-default" else args.dtype)
     elif args.part == "sweep":
-        sweep(args.factors, args.plain_maxiter, args.dtype)
+        sweep(args.factors, args.plain_maxiter, "float64" if args.dtype == "sweep-default" else args.dtype)
     elif args.part == "digits-lissa":
         digits_lissa(args.rank, args.seeds, args.rhs)
     else:
