@@ -28,6 +28,7 @@ __all__ = [
     "to_host",
     "cholesky",
     "cho_solve",
+    "solve_triangular",
 ]
 
 
@@ -222,6 +223,19 @@ def cho_solve(xp, L, B):
     import scipy.linalg
 
     return scipy.linalg.cho_solve((L, True), B, check_finite=False)
+
+
+def solve_triangular(xp, L, B, *, trans: bool = False):
+    """Solve ``L X = B`` (``trans=True``: ``Lᵀ X = B``) for lower-triangular ``L`` and 2-D ``B``."""
+    if is_torch(xp):
+        import torch
+
+        if trans:
+            return torch.linalg.solve_triangular(L.mT, B, upper=True)
+        return torch.linalg.solve_triangular(L, B, upper=False)
+    import scipy.linalg
+
+    return scipy.linalg.solve_triangular(L, B, lower=True, trans=1 if trans else 0, check_finite=False)
 
 
 def solve_lower(xp, L, B):

@@ -172,6 +172,38 @@ def lambda_max(op, *, method="lanczos", k=30, maxiter=200, rtol=1e-3, rng=None, 
 
 def _lanczos(op, k, rng, counter):
     """Lanczos estimate and all Ritz values (ascending; each ``θ_i <= λ_i`` by interlacing)."""
+    run = _lanczos_run(op, k, rng, counter)
+    theta, m = float(run.evals[-1]), run.evals.size
+    # rounding allowance of the computed Ritz value
+    tol = 10 * m * run.eps * max(abs(theta), 1e-300)
+    return EigEstimate(
+        value=theta,
+        lower=theta - tol,
+        upper=theta + float(run.residuals[-1]) + tol,
+        lower_is_bound=True,
+        upper_is_bound=run.exhausted,
+        method="lanczos",
+        n_matvec=run.n_matvec,
+    ), run.evals
+
+
+@dataclass(frozen=True)
+class LanczosRun:
+    """Ritz values (ascending) with their residual norms ``β_m |y_{m,i}|`` from one Lanczos run.
+
+    ``exhausted``: the Krylov space is the whole space (``m = d``), so the Ritz values are the
+    eigenvalues (up to rounding) and both ends are bounds.
+    """
+
+    evals: np.ndarray
+    residuals: np.ndarray
+    exhausted: bool
+    n_matvec: int
+    eps: float
+
+
+def _lanczos_run(op, k, rng, counter) -> LanczosRun:
+    """``k`` steps of Lanczos with full reorthogonalization from a random start (``k`` products)."""
     xp = op.xp
     d = op.size
     k = min(k, d)
@@ -205,19 +237,8 @@ def _lanczos(op, k, rng, counter):
         + np.diag(np.asarray(betas[: m - 1]), -1)
     )
     evals, evecs = np.linalg.eigh(T)
-    theta = float(evals[-1])
-    resid = abs(beta * float(evecs[-1, -1])) if m < d else 0.0
-    # rounding allowance of the computed Ritz value
-    tol = 10 * m * eps * max(abs(theta), 1e-300)
-    return EigEstimate(
-        value=theta,
-        lower=theta - tol,
-        upper=theta + resid + tol,
-        lower_is_bound=True,
-        upper_is_bound=(m == d),
-        method="lanczos",
-        n_matvec=n_mv,
-    ), evals
+    resid = np.abs(beta * evecs[-1, :]) if m < d else np.zeros(m)
+    return LanczosRun(evals=evals, residuals=resid, exhausted=m == d, n_matvec=n_mv, eps=eps)
 
 
 def _power(op, maxiter, rtol, rng, counter):

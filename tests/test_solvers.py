@@ -34,6 +34,11 @@ SOLVERS = {
     ),
     "datainf": lambda b, bk, dt: ih.DataInf(),
     "lissa": lambda b, bk, dt: ih.LiSSA(rng=0),
+    "lissa-nystrom": lambda b, bk, dt: ih.LiSSA(rng=0, preconditioner="nystrom"),
+    "cg-nystrom": lambda b, bk, dt: ih.CG(rtol=CG_RTOL[dt], preconditioner="nystrom"),
+    "cg-nystrom-r3": lambda b, bk, dt: ih.CG(rtol=CG_RTOL[dt], preconditioner=ih.NystromPreconditioner(rank=3)),
+    "nystrom": lambda b, bk, dt: ih.Nystrom(rank=64),  # covers every catalogue block: exact
+    "nystrom-r4": lambda b, bk, dt: ih.Nystrom(rank=4),  # an approximation that reports its error
     "identity": lambda b, bk, dt: ih.Identity(),
     "auto": lambda b, bk, dt: None,
 }
@@ -103,6 +108,13 @@ def _check_solution(res, rhs, built, damping_diag, dt, solver):
         assert np.all(true_rn <= rtol * bnorm + 20 * eps(dt) * np.sqrt(d) * scale)
     elif method == "lissa":
         assert np.all(rel <= 3 * solver.rtol), rel  # the plan bounds the RMS error by rtol
+    elif method == "nystrom":
+        assert res.n_matvec == 0 and res.n_iter == 0  # applying the low-rank inverse costs no product
+        energy = _leaf_info(res, "energy_bound")
+        if energy is not None:  # the a-posteriori bound sqrt(rᵀ(Ĥ + (μ−ν)I)⁻¹r/μ) holds
+            assert np.all(err <= energy * (1 + 1e-6) + 100 * eps(dt) * np.linalg.norm(Xstar, axis=0)), (err, energy)
+        if solver.rank >= d:  # the sketch covers the spectrum: exact up to rounding
+            assert np.all(rel <= 1000 * kappa * eps(dt)), (rel, kappa)
     elif method in ("datainf", "identity"):
         assert res.n_matvec == 0 and res.n_iter == 0
         if method == "identity":

@@ -10,6 +10,14 @@ for every ``γ > 0`` and ``ρ = (1 − ηλ)² + (1 + γ) η² σ_B² < 1``
 
 .. math:: \frac{E\|u_T - u^*\|^2}{\|u^*\|^2} \le \rho^T + \frac{(1 + 1/γ)\,η^2 σ_B^2}{1 - ρ}.
 
+**Preconditioned** (docs/theory_preconditioning.md): ``u_t = u_{t-1} − ηP⁻¹(H̃_t u_{t-1} + λu_{t-1} − v)``
+with ``I ⪯ P ⪯ κ_P I``, ``m <= λ_min(M)``, ``λ_max(M) <= L_M`` for ``M = P^{-1/2}(H + λI)P^{-1/2}``
+and ``η <= 1/L_M``: the same bound with ``λ → m``, ``λ_max + λ → L_M`` and the first term
+weighted by ``κ_P`` (``weight``), ``σ_B²`` unchanged:
+
+.. math:: \frac{E\|u_T - u^*\|^2}{\|u^*\|^2} \le κ_P\,\rho^T + \frac{(1 + 1/γ)\,η^2 σ_B^2}{1 - ρ},
+          \qquad \rho = (1 − ηm)^2 + (1 + γ)η^2σ_B^2 .
+
 These are pure functions of scalars (numpy on the host): no operator is touched.
 """
 
@@ -37,7 +45,16 @@ def _pos(x, name, *, strict=True):
     return v
 
 
-def _bound_grid(eta, lam, sigma_b2, steps, gammas):
+def _weight(weight):
+    w = _pos(weight, "weight")
+    if w < 1.0:
+        raise InputError(
+            f"weight: expected a number >= 1 (the condition number of the preconditioner), got {w}"
+        )
+    return w
+
+
+def _bound_grid(eta, lam, sigma_b2, steps, gammas, weight=1.0):
     """Relative squared-error bound for arrays that broadcast together (inf where ρ >= 1)."""
     a = (1.0 - eta * lam) ** 2
     s = eta**2 * sigma_b2
@@ -45,11 +62,11 @@ def _bound_grid(eta, lam, sigma_b2, steps, gammas):
     ok = rho < 1.0
     rho_ok = np.where(ok, rho, 0.5)
     noise = (1.0 + 1.0 / gammas) * s / (1.0 - rho_ok)
-    val = rho_ok**steps + noise
+    val = weight * rho_ok**steps + noise
     return np.where(ok, val, np.inf)
 
 
-def lissa_error_bound(step, damping, lambda_max, sigma1_sq, batch_size, steps, *, gamma=None):
+def lissa_error_bound(step, damping, lambda_max, sigma1_sq, batch_size, steps, *, gamma=None, weight=1.0):
     r"""Bound on the relative root-mean-square error ``sqrt(E‖u_T − u*‖²)/‖u*‖`` of LiSSA.
 
     Evaluates docs/theory.md §5.3, minimized over ``γ`` on a log grid (or at the given
@@ -73,6 +90,10 @@ def lissa_error_bound(step, damping, lambda_max, sigma1_sq, batch_size, steps, *
         ``T >= 0``.
     gamma : float, optional
         Fix ``γ`` instead of minimizing over it.
+    weight : float, default 1
+        ``κ_P = λ_max(P)/λ_min(P)`` for preconditioned LiSSA: the bound becomes
+        ``κ_P ρ^T + noise`` with ``λ``, ``λ_max`` and ``σ₁²`` those of the preconditioned
+        system (docs/theory_preconditioning.md).
 
     Returns
     -------
@@ -91,6 +112,7 @@ def lissa_error_bound(step, damping, lambda_max, sigma1_sq, batch_size, steps, *
     lam = _pos(damping, "damping")
     lmax = _pos(lambda_max, "lambda_max", strict=False)
     s1 = _pos(sigma1_sq, "sigma1_sq", strict=False)
+    w = _weight(weight)
     T = int(steps)
     if T < 0:
         raise InputError(f"steps: expected an int >= 0, got {steps}")
@@ -98,9 +120,9 @@ def lissa_error_bound(step, damping, lambda_max, sigma1_sq, batch_size, steps, *
         return math.inf
     sb2 = 0.0 if batch_size is None else s1 / float(batch_size)
     if sb2 == 0.0:
-        return float((1.0 - eta * lam) ** T)
+        return float(math.sqrt(w) * (1.0 - eta * lam) ** T)
     g = _GAMMAS if gamma is None else np.asarray([_pos(gamma, "gamma")])
-    val = float(np.min(_bound_grid(eta, lam, sb2, T, g)))
+    val = float(np.min(_bound_grid(eta, lam, sb2, T, g, w)))
     return math.sqrt(val) if math.isfinite(val) else math.inf
 
 
@@ -181,6 +203,7 @@ def plan_lissa(
     steps=None,
     allow_full_batch=True,
     max_batch=1 << 16,
+    weight=1.0,
 ):
     r"""Cheapest ``(η, B, T)`` whose docs/theory.md §5 bound meets a relative accuracy.
 
@@ -218,6 +241,9 @@ def plan_lissa(
         Fix these instead of optimizing them (``batch_size="full"`` fixes full batch).
     allow_full_batch : bool
         Whether exact products (``σ = 0``) are a candidate.
+    weight : float, default 1
+        ``κ_P`` of a preconditioner (see :func:`lissa_error_bound`); the step count grows by
+        about ``log(κ_P)/log(1/ρ)``.
 
     Returns
     -------
@@ -234,6 +260,7 @@ def plan_lissa(
     lam = _pos(damping, "damping")
     s1 = _pos(sigma1_sq, "sigma1_sq", strict=False)
     eps = _pos(rtol, "rtol")
+    w = _weight(weight)
     if eps >= 1.0:
         raise InputError(f"rtol: expected a number in (0, 1), got {eps}")
     eps2 = eps * eps
@@ -267,11 +294,11 @@ def plan_lissa(
         room = eps2 - noise
         # T = 0 returns u_0 = 0 (relative error 1 > rtol): at least one step, also when ρ = 0
         # (η = 1/λ with σ = 0 and λ_max = 0, where log ρ = −inf would give T = 0)
-        need = np.maximum(np.ceil(np.log(np.maximum(room, 1e-300)) / np.log(rho_ok)), 1.0)
+        need = np.maximum(np.ceil(np.log(np.maximum(room / w, 1e-300)) / np.log(rho_ok)), 1.0)
     need = np.where(ok & (room > 0), need, np.inf)
     if steps is not None:
         T_fixed = int(steps)
-        bound_fixed = np.where(ok, rho_ok**T_fixed + noise, np.inf)
+        bound_fixed = np.where(ok, w * rho_ok**T_fixed + noise, np.inf)
         feasible = bound_fixed <= eps2
         cost = np.where(feasible, T_fixed * price, np.inf)
     else:
@@ -284,7 +311,7 @@ def plan_lissa(
         T = int(T)
         B = int(bs[ib])
         e = float(etas[ie])
-        val = float(np.min(_bound_grid(e, lam, 0.0 if B == 0 else s1 / B, T, _GAMMAS)))
+        val = float(np.min(_bound_grid(e, lam, 0.0 if B == 0 else s1 / B, T, _GAMMAS, w)))
         return LissaPlan(
             step=e,
             batch_size=None if B == 0 else B,
@@ -309,13 +336,13 @@ def plan_lissa(
             T_nom = 1000
         else:
             T_nom = int(steps)
-        val = np.where(ok, rho_ok**T_nom + noise, np.inf)
+        val = np.where(ok, w * rho_ok**T_nom + noise, np.inf)
         idx = np.unravel_index(int(np.argmin(val)), val.shape)
         return make(idx, T_nom, False)
     # best bound within budget
     bud = float(budget)
     T_max = np.floor(bud / price) if steps is None else np.where(steps * price <= bud, steps, 0)
     T_max = np.broadcast_to(T_max, rho_ok.shape)
-    val = np.where(ok, rho_ok**T_max + noise, np.inf)
+    val = np.where(ok, w * rho_ok**T_max + noise, np.inf)
     idx = np.unravel_index(int(np.argmin(val)), val.shape)
     return make(idx, T_max[idx], False)

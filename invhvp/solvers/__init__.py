@@ -9,6 +9,8 @@ from .exact import Exact
 from .identity import Identity
 from .inverse import Inverse
 from .lissa import LiSSA
+from .lowrank import Nystrom
+from .nystrom import NystromPreconditioner
 from .precond import Jacobi, Preconditioner
 
 __all__ = [
@@ -25,4 +27,6 @@ __all__ = [
     "CG",
     "Preconditioner",
     "Jacobi",
+    "Nystrom",
+    "NystromPreconditioner",
 ]

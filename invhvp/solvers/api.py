@@ -29,13 +29,17 @@ def choose_solver(operator) -> tuple[Solver, str]:
     Exact whenever structure makes it cheap (``exact_cost`` in ``solvers/exact.py``): dense
     blocks up to ``d = 4096`` (Cholesky), low-rank-plus-identity blocks whose smaller side
     ``min(n, d)`` is at most 4096 (Woodbury when ``n < d``), block-diagonal operators whose
-    blocks all qualify.  Everything else, matrix-free operators in particular, gets ``CG()``.
+    blocks all qualify.  Everything else, matrix-free operators in particular, gets
+    ``CG(preconditioner="nystrom")``: an adaptive Nyström sketch per block makes the iteration
+    count nearly independent of the damping (:class:`~invhvp.NystromPreconditioner`).
     """
     op = as_operator(operator)
     cost = exact_cost(op)
     if cost is not None:
         return Exact(), f"Exact: structure makes a direct solve cheap (about {cost:.3g} flops)"
-    return CG(), f"CG: no cheap direct solve for {type(op).__name__} of size {op.size}"
+    return CG(preconditioner="nystrom"), (
+        f"CG with the Nyström preconditioner: no cheap direct solve for {type(op).__name__} of size {op.size}"
+    )
 
 
 def inverse(
@@ -47,7 +51,7 @@ def inverse(
     ----------
     operator : invhvp operator, scipy LinearOperator, scipy sparse matrix or 2-D array
     solver : Solver, optional
-        ``Exact()``, ``CG(...)``, ``DataInf()``, ``LiSSA(...)``, ``Identity()``; ``None`` chooses
+        ``Exact()``, ``CG(...)``, ``DataInf()``, ``LiSSA(...)``, ``Nystrom(rank)``, ``Identity()``; ``None`` chooses
         automatically (:func:`choose_solver`; the reason is in ``inv.info["auto"]``).
     damping : float or sequence of float, default 0.0
         ``λ >= 0``; for a :class:`~invhvp.BlockDiagonal`, one value per block is accepted.

@@ -11,12 +11,14 @@ import numpy as np
 
 from .. import _backend as Bk
 from .. import _checks as C
-from .._arrays import col_norms64
-from ..errors import InputError, ShapeError
+from .._arrays import as_generator, col_norms64
+from ..errors import InputError, NonFiniteError, ShapeError
 from ..result import Status
-from .base import Outcome, Solver
+from .base import Counted, Outcome, Solver
+from .curvature import lower_end, nonpositive_advice
 from .inverse import Inverse
 from .precond import Fixed, as_preconditioner
+from .products import fast_operator
 
 __all__ = ["CG", "CGInverse"]
 
@@ -34,10 +36,23 @@ class CG(Solver):
     restarts from its iterate (at most ``max_restarts`` times, within ``maxiter``).  SUCCESS
     only when every column's true residual plus its rounding allowance ``δ_j`` meets ``tol_j``
     (INACCURATE when ``δ_j`` alone makes that impossible: the tolerance is below what the
-    precision can verify); ``MAX_ITER`` when the budget
-    ran out; ``NONPOSITIVE_CURVATURE`` on ``pᵀ(A+λI)p <= 0`` (keeps the last iterate);
-    ``NONFINITE`` on NaN/inf from the operator or preconditioner.  ``info["error_bound"]``
-    is ``(‖r‖ + δ)/λ`` when ``A`` is PSD and ``λ > 0``.
+    precision can verify); ``MAX_ITER`` when the budget ran out; ``NONPOSITIVE_CURVATURE`` on
+    ``pᵀ(A+λI)p <= 0`` (keeps the last iterate), or when ``A + λI`` of an indefinite operator
+    (``psd=False``, e.g. a Hessian) is not certified positive definite at setup; ``NONFINITE``
+    on NaN/inf from the operator or preconditioner.  ``info["error_bound"]`` is
+    ``(‖r‖ + δ)/λ_lo`` with ``λ_lo`` a lower bound on ``λ_min(A + λI)``: ``eig_lower + λ`` for a
+    PSD operator, the certified estimate below for an indefinite one.
+
+    **Indefinite operators** (``psd=False``): the setup estimates the lower end of the
+    spectrum (``lanczos_steps`` Lanczos steps; the smallest Ritz value is an *upper* bound on
+    ``λ_min``, so it is widened by the residual and ``safety``; exact from structure when
+    small, :mod:`invhvp.solvers.curvature`), reports it in ``info["lower_end"]`` and uses it in
+    the error bound.  If ``lower + λ <= 0`` the status is ``NONPOSITIVE_CURVATURE`` with advice
+    (the iteration still runs, unpreconditioned).
+
+    **Products**: a :class:`~invhvp.LowRankPlusIdentity` with ``d <= n`` is iterated with its
+    ``d×d`` Gram, formed once in the setup (``info["products"]``); the true residual behind
+    the status always uses the operator itself.
 
     Cost per iteration: one operator product with the active columns, one preconditioner
     application, ``O(dk)`` vector work.
@@ -50,7 +65,9 @@ class CG(Solver):
         Iteration limit; default ``10·d``.
     preconditioner : None, "jacobi", "nystrom", Preconditioner, Operator or callable
         An approximation of ``(A + λI)⁻¹`` (SPD), built once per block by the inverse
-        (see :mod:`invhvp.solvers.precond`).
+        (see :mod:`invhvp.solvers.precond`); ``"nystrom"`` is the adaptive randomized
+        Nyström preconditioner (:class:`~invhvp.NystromPreconditioner`), the choice of
+        ``solver=None`` for matrix-free operators.
     x0 : array, optional
         Initial guess, shape ``(d,)`` or ``(d, k)`` like the right-hand sides it is used with.
     callback : callable, optional
@@ -63,6 +80,10 @@ class CG(Solver):
         callable preconditioner, a callback or ``record_history`` make it joint.
     max_restarts : int, default 2
         Restarts from the true residual when the recursive one has drifted.
+    lanczos_steps : int, default 30
+        Lanczos steps of the lower-end estimate for ``psd=False`` operators.
+    safety : float, default 1.25
+        Margin factor of that estimate.
 
     Examples
     --------
@@ -82,6 +103,8 @@ class CG(Solver):
     record_history: bool = False
     per_block: bool = True
     max_restarts: int = 2
+    lanczos_steps: int = 30
+    safety: float = 1.25
     name = "cg"
 
     def __post_init__(self):
@@ -89,6 +112,8 @@ class CG(Solver):
         C.real(self.atol, "atol", minimum=0.0)
         C.integer(self.maxiter, "maxiter", minimum=1, optional=True)
         C.integer(self.max_restarts, "max_restarts", minimum=0)
+        C.integer(self.lanczos_steps, "lanczos_steps", minimum=1)
+        C.real(self.safety, "safety", minimum=1.0)
         C.flag(self.record_history, "record_history")
         C.flag(self.per_block, "per_block")
         as_preconditioner(self.preconditioner)  # validates
@@ -109,11 +134,31 @@ class CG(Solver):
         return [(replace(self, atol=self.atol / math.sqrt(L), x0=x0), None) for x0 in x0s]
 
     def _factor(self, counted, damping, rng=None):
+        op = counted.op
+        lower = None
+        if not op.psd:
+            lam = min(damping) if isinstance(damping, tuple) else float(damping)
+            lower = lower_end(
+                counted,
+                lam,
+                as_generator(0 if rng is None else rng),
+                steps=self.lanczos_steps,
+                safety=self.safety,
+            )
+        fast, how = fast_operator(op, counted)
         p = as_preconditioner(self.preconditioner)
-        applied = None if p is None else p.build(counted.op, damping, rng)
-        if applied is not None:
-            counted.add(applied.n_matvec)
-        return CGInverse(self, counted, damping, applied)
+        applied, note = None, None
+        if p is not None and (lower is None or lower["certified"]):
+            try:
+                applied = p.build_with_lower(fast, damping, rng, None if lower is None else lower["lower"])
+                counted.add(applied.n_matvec)
+            except NonFiniteError as exc:  # the iteration reports NONFINITE with the result, not an exception
+                note = f"preconditioner not built: {exc}"
+        inv = CGInverse(self, counted, damping, applied, fast, how, lower)
+        if note:
+            inv.info["preconditioner"] = "none"
+            inv.info["preconditioner_note"] = note
+        return inv
 
 
 class CGInverse(Inverse):
@@ -121,13 +166,38 @@ class CGInverse(Inverse):
 
     kind = "iterative"
 
-    def __init__(self, solver: CG, counted, damping, applied):
+    def __init__(
+        self, solver: CG, counted, damping, applied, fast=None, products="operator products", lower=None
+    ):
         pname = "none" if applied is None else applied.name
         info = {"method": "cg", "preconditioner": pname, "rtol": solver.rtol, "atol": solver.atol}
         if applied is not None:
             info["preconditioner_info"] = applied.info
+        info["products"] = products
         super().__init__(solver, counted, damping, info)
         self.applied = applied
+        self._prod = counted if fast is None or fast is counted.op else Counted(fast, counted.counter)
+        self.lower = lower
+        if lower is not None:
+            self.info["lower_end"] = lower
+            if not lower["certified"]:
+                lam = min(damping) if isinstance(damping, tuple) else float(damping)
+                self.setup_status = Status.NONPOSITIVE_CURVATURE
+                self.info["advice"] = nonpositive_advice(lower, lam, "CG")
+                if solver.preconditioner is not None:
+                    self.info["preconditioner"] = (
+                        "none (not built: A + damping·I is not certified positive definite)"
+                    )
+
+    def lam_lower(self) -> float | None:
+        if self.lower is None:
+            return super().lam_lower()
+        lam = min(self.damping) if isinstance(self.damping, tuple) else float(self.damping)
+        if not self.lower["certified"]:
+            return None
+        # the estimated lower end, less the rounding allowance of the default (docs/theory.md §7)
+        lo = self.lower["lower"] + lam - 10.0 * Bk.eps(self.operator.dtype) * self.norm_estimate_for_check()
+        return lo if lo > 0 else None
 
     def _apply(self, B):
         s, op, xp = self.solver, self.operator, self.operator.xp
@@ -149,7 +219,7 @@ class CGInverse(Inverse):
         tol = xp.asarray(
             0.5 * np.maximum(s.rtol * (bn > 0), s.atol / sc), dtype=B.dtype, device=Bk.device_of(B)
         )
-        R = B if X is None else B - (self._counted.matmat(X) + lam * X)
+        R = B if X is None else B - (self._prod.matmat(X) + lam * X)
         X = xp.zeros((d, k), dtype=B.dtype, device=Bk.device_of(B)) if X is None else X
         total, restarts, cols = 0, 0, np.arange(k)
         while True:
@@ -187,7 +257,8 @@ class CGInverse(Inverse):
                 "if restarts keep missing, the operator's products may be random (a model in train mode with "
                 "dropout: call model.eval())"
             )
-        return Outcome(x=X, status=worst, n_iter=total, info=info, residual=R, check_matvec=k)
+        status = Status.worst([worst, self.setup_status])  # e.g. an uncertified indefinite operator
+        return Outcome(x=X, status=status, n_iter=total, info=info, residual=R, check_matvec=k)
 
     def _iterate(self, X, R, lam, tol, cols, status, iters, history, budget, scales):
         """CG on columns ``cols`` of ``X`` from residual ``R`` (restart); updates status/iters in place.
@@ -217,7 +288,7 @@ class CGInverse(Inverse):
         it = 0
         while idx.size and it < budget:
             it += 1
-            AP = self._counted.matmat(P) + lam * P
+            AP = self._prod.matmat(P) + lam * P
             pAp = xp.sum(P * AP, axis=0)
             good = (pAp > 0) & xp.isfinite(pAp)
             nonfin_c = Bk.to_host(~xp.isfinite(pAp))

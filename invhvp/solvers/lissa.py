@@ -10,19 +10,16 @@ import numpy as np
 
 from .. import _backend as Bk
 from .. import _checks as C
-from .._arrays import as_generator, col_norms64
-from ..bounds.lissa import plan_lissa
-from ..errors import DampingError, InputError, UnsupportedOperatorError
+from .._arrays import as_generator, col_norms64, row_chunks, rows_per_chunk
+from ..errors import InputError, UnsupportedOperatorError
 from ..operators import MatrixFree
 from ..result import Status
 from .base import Outcome, Solver
 from .inverse import Inverse
-from .lissa_estimates import estimate_lambda_max, estimate_variance
+from .lissa_setup import DEFAULT_MAX_MATVEC, setup_lissa
+from .nystrom import NystromPreconditioner
 
 __all__ = ["LiSSA", "LissaInverse", "DEFAULT_MAX_MATVEC"]
-
-#: Default budget, in full-operator products per right-hand-side column (per block).
-DEFAULT_MAX_MATVEC = 2000
 
 _CONVENTION = (
     "n_matvec counts full-operator products per column; a mini-batch product with B samples and "
@@ -49,17 +46,37 @@ class LiSSA(Solver):
     is ``<= rtol`` within ``max_matvec`` products per column (:func:`invhvp.bounds.plan_lissa`).
     Explicit ``step``/``batch_size``/``steps`` are evaluated against the same bound.
 
-    **Status** (docs/theory.md §7): SUCCESS only when ``η <= 1/(L + λ)``, the plan's bound
-    meets ``rtol`` and nothing at run time contradicts it.  ``MAX_ITER`` when the budget cannot
-    meet ``rtol`` (the needed budget is in ``info["advice"]``); ``INACCURATE`` for a step above
-    the bound, a batch below the variance threshold, or a true residual that certifies a
-    relative error above ``rtol`` (``‖x−x*‖/‖x*‖ >= ‖r‖·λ/((L+λ)‖v‖)``); ``DIVERGED`` when
-    full-batch residuals grow (impossible for a valid step), an iterate exceeds
-    ``divergence_factor·‖v‖/λ`` (above ``‖x*‖`` for a PSD operator), or the residual
-    certifies a relative error above 1; ``NONFINITE`` on NaN/inf.  The last good iterate is
-    returned, never NaN.
+    **Preconditioned** (docs/theory_preconditioning.md):
+    ``u_t = u_{t−1} − ηP⁻¹(Ã_t u_{t−1} + λu_{t−1} − v)`` with the Nyström preconditioner
+    ``P`` (:class:`~invhvp.NystromPreconditioner`).  It is plain LiSSA on
+    ``M = P^{-1/2}(A + λI)P^{-1/2}`` in ``w = P^{1/2}u``: the step bound becomes
+    ``η <= 1/λ_max(M)`` (``λ_max(M) <= λ̂_ℓ + μ + ‖E‖``), the rate uses ``λ_min(M) >= μ − ν``,
+    the variance term is unchanged (``P ⪰ I``), and the deterministic term is weighted by
+    ``κ_P = λ_max(P)`` when errors are measured in the Euclidean norm.  For full batches the
+    step count drops from about ``κ·log(1/ε)`` to ``κ(M)·log(κ_P/ε²)/2``; for mini-batches a
+    larger step needs a proportionally larger batch, so the planned cost changes little.
+    ``preconditioner="auto"`` (default) builds the sketch only when the plain plan costs
+    more than ``precondition_above`` full products per column, then keeps the cheaper of the
+    two plans (both in ``info["plans"]``, the choice in ``info["choice"]``).
 
-    **Cost**: ``T`` products with a ``B``-sample estimate per solve plus the setup estimates.
+    **Indefinite operators** (``psd=False``, e.g. a Hessian): the setup estimates the lower
+    end ``s`` of the spectrum (:mod:`invhvp.solvers.curvature`; the Lanczos run also gives
+    ``λ_max``); with ``λ + s > 0`` the plan uses ``λ_eff = λ + s`` and the step bound
+    ``1/max|λ_i + λ| = 1/(λ_max + λ)``; otherwise the status is ``NONPOSITIVE_CURVATURE`` with
+    advice, and nothing is iterated (``x = 0``).
+
+    **Status** (docs/theory.md §7): SUCCESS only when ``η`` is within its bound, the plan's
+    bound meets ``rtol`` and nothing at run time contradicts it.  ``MAX_ITER`` when the budget
+    cannot meet ``rtol`` (the needed budget is in ``info["advice"]``); ``INACCURATE`` for a step
+    above the bound, a batch below the variance threshold, or a true residual that certifies a
+    relative error above ``rtol`` (``‖x−x*‖/‖x*‖ >= ‖r‖·λ/((L+λ)‖v‖)``); ``DIVERGED`` when
+    full-batch residuals grow (in the ``P⁻¹``-norm; impossible for a valid step), an iterate
+    exceeds ``divergence_factor·‖v‖/λ`` (above ``‖x*‖`` for a PSD operator), or the residual
+    certifies a relative error above 1; ``NONPOSITIVE_CURVATURE`` as above; ``NONFINITE`` on
+    NaN/inf.  The last good iterate is returned, never NaN.
+
+    **Cost**: ``T`` products with a ``B``-sample estimate per solve (plus ``T`` applications of
+    ``P⁻¹``, ``4dℓ`` flops per column) plus the setup estimates and sketch (``setup_matvec``).
 
     Parameters
     ----------
@@ -76,7 +93,8 @@ class LiSSA(Solver):
     variance : "auto" or float
         ``σ₁²``, or estimated.
     safety : float, default 1.25
-        Factor on a Lanczos estimate of ``λ_max``.
+        Factor on a Lanczos estimate of ``λ_max`` (and margin of the lower end of an
+        indefinite operator).
     lanczos_steps, n_probes, probe_batch : int
         Estimation effort.
     rng : Generator, int or None
@@ -87,6 +105,12 @@ class LiSSA(Solver):
         Iterates above ``divergence_factor·‖v‖/λ`` count as diverged.
     callback : callable, optional
         ``callback(t, T)`` every ``check_every`` steps (progress).
+    preconditioner : "auto", None, "nystrom" or NystromPreconditioner
+        ``"auto"``: compare the plain and the Nyström-preconditioned plan (above);
+        ``None``: plain LiSSA; ``"nystrom"`` or an instance: always preconditioned.
+    precondition_above : float, default 100
+        ``"auto"`` builds the sketch only when the plain plan needs more than this many full
+        products per column.
 
     Examples
     --------
@@ -114,6 +138,8 @@ class LiSSA(Solver):
     check_every: int = 10
     divergence_factor: float = 10.0
     callback: Any = None
+    preconditioner: Any = "auto"
+    precondition_above: float = 100.0
     name = "lissa"
 
     @classmethod
@@ -144,6 +170,15 @@ class LiSSA(Solver):
         if self.callback is not None and not callable(self.callback):
             raise InputError(f"callback: expected a callable or None, got {type(self.callback).__name__}")
         as_generator(self.rng)  # validates the seed
+        if not (
+            self.preconditioner in (None, "auto", "nystrom")
+            or isinstance(self.preconditioner, NystromPreconditioner)
+        ):
+            raise InputError(
+                f"preconditioner: expected None, 'auto', 'nystrom' or a NystromPreconditioner, got {self.preconditioner!r} "
+                "(LiSSA's preconditioned plan needs the spectral bounds only the Nyström preconditioner provides)"
+            )
+        C.real(self.precondition_above, "precondition_above", minimum=0.0)
 
     @property
     def explicit(self) -> bool:
@@ -160,20 +195,10 @@ class LiSSA(Solver):
                 f"LiSSA(batch_size={self.batch_size}) needs mini-batch estimates of {type(op).__name__}: "
                 f"{hint}; or use batch_size='full' (exact products), or invhvp.CG()"
             )
-        if (
-            self.batch_size != "full"
-            and not self.explicit
-            and op.supports_minibatch
-            and op.n_samples is None
-        ):
+        if self.batch_size != "full" and not self.explicit and op.supports_minibatch and op.n_samples is None:
             raise UnsupportedOperatorError(
                 "LiSSA's plan prices a mini-batch product as B/n of a full one and needs the number of "
                 "samples n: pass MatrixFree(..., n_samples=n), or batch_size='full'"
-            )
-        if not op.psd:
-            raise UnsupportedOperatorError(
-                f"LiSSA needs a positive semidefinite operator ({type(op).__name__} has psd=False): its step "
-                "rule and bound assume it; use invhvp.CG() for an indefinite operator"
             )
 
     def _per_block(self, op, rng=None):
@@ -193,82 +218,26 @@ class LissaInverse(Inverse):
 
     def __init__(self, solver: LiSSA, counted, lam: float, gen):
         super().__init__(solver, counted, lam, {"method": "lissa", "matvec_convention": _CONVENTION})
-        op = counted.op
         self.gen = gen
-        self.lam_eff = lam + (op.eig_lower() or 0.0)
-        if not self.lam_eff > 0.0:
-            raise DampingError("damping: LiSSA needs damping > 0 (its step rule and bound need λ > 0)")
-        bs = solver.batch_size
-        if bs is None and not op.supports_minibatch:
-            bs = "full"
-            self.info["batch_note"] = f"{type(op).__name__} has no mini-batch sampler: full-batch products"
-        n = op.n_samples
-        est = estimate_lambda_max(solver, counted, gen)
-        if bs != "full":
-            est.update(estimate_variance(solver, counted, gen, est))
-        self.L = est["lambda_max_upper"]
-        # the step check uses the point value when it is exact (its rounding allowance is for planning)
-        self.L_check = est.get("lambda_max_value", self.L)
-        if solver.max_matvec is not None:
-            budget_mv = float(solver.max_matvec)
-        else:  # explicit hyperparameters are run as given; a plan gets the default budget
-            budget_mv = None if solver.explicit else float(DEFAULT_MAX_MATVEC)
-        unit = n if n is not None else 1
-        p = plan_lissa(
-            self.L if solver.step is None else self._plan_L(solver.step),
-            self.lam_eff,
-            est.get("sigma1_sq", 0.0),
-            solver.rtol,
-            n_samples=unit if (n is not None or bs == "full") else None,
-            budget=None if budget_mv is None else budget_mv * unit,
-            step=solver.step,
-            batch_size=bs,
-            steps=solver.steps,
-        )
-        self.plan = p.as_dict()
-        self.info.update(estimates=est, plan=self.plan, mode="explicit" if solver.explicit else "automatic")
-        self.info["max_matvec"] = budget_mv
-        if "lambda_max_user_rejected" in est:
-            self.info["lambda_max_note"] = est["lambda_max_user_rejected"]
-        self._set_setup_status(p, budget_mv, unit, bs)
+        st = setup_lissa(solver, counted, lam, gen)
+        self.lam_eff, self.L, self.plan, self.prec = st.lam_eff, st.L, st.plan, st.prec
+        self._prod = st.prod if st.prod is not None else counted
+        self.info.update(st.info)
+        self.setup_status = st.status
 
-    def _plan_L(self, step: float) -> float:
-        """``λ_max`` for evaluating a user step: within the dtype's precision of ``1/(λ_max+λ)`` counts as on it."""
-        slack = 1 + 100 * Bk.eps(self.operator.dtype)
-        if step <= slack / (self.L_check + self.lam_eff):
-            return min(self.L_check, max(1.0 / step - self.lam_eff, 0.0))
-        return self.L_check
-
-    def _set_setup_status(self, p, budget_mv, unit, bs):
-        eta_max = 1.0 / (self.L_check + self.lam_eff)
-        # λ_max of data held in this dtype is known to about its precision
-        if p.step > eta_max * (1 + 100 * Bk.eps(self.operator.dtype)):
-            self.setup_status = Status.INACCURATE
-            self.info["advice"] = (
-                f"step η={p.step:.3g} exceeds 1/(λ_max+λ)={eta_max:.3g} (λ_max estimate {self.L:.3g}): "
-                "no error bound applies and the iteration may diverge; leave step unset for a planned one"
-            )
-        elif not p.meets_target:
-            need = p.cost_to_meet_target
-            if need is None:
-                self.setup_status = Status.INACCURATE
-                self.info["advice"] = (
-                    f"the fixed hyperparameters cannot meet rtol={self.solver.rtol} (batch size "
-                    f"{bs} below the variance threshold ησ₁²/(λ(2−ηλ)), docs/theory.md §5); "
-                    f"predicted relative error bound {p.predicted_error:.3g}"
-                )
-            else:
-                self.setup_status = Status.MAX_ITER
-                self.info["advice"] = (
-                    f"the plan cannot meet rtol={self.solver.rtol} within max_matvec={budget_mv} per column; "
-                    f"about {math.ceil(need / unit)} matvecs per column are needed (predicted relative error "
-                    f"bound {p.predicted_error:.3g}); raise max_matvec, add damping, or use invhvp.CG()"
-                )
+    def lam_lower(self) -> float | None:
+        """``λ + s`` (``s``: the operator's or the certified lower end), less the rounding allowance."""
+        if self.plan is None:
+            return None
+        lo = self.lam_eff - 10.0 * Bk.eps(self.operator.dtype) * self.norm_estimate_for_check()
+        return lo if lo > 0 else None
 
     # ----------------------------------------------------------------- iteration
     def _apply(self, V):
         s, op, xp = self.solver, self.operator, self.operator.xp
-        plan = self.plan
+        if self.plan is None:  # an indefinite operator whose A + λI is not certified: nothing to iterate
+            return Outcome(x=xp.zeros_like(V), status=self.setup_status, info={"steps_run": 0})
+        plan, prec = self.plan, self.prec
         eta, T, Bsz = plan["step"], plan["steps"], plan["batch_size"]
         lam, k = float(self.damping), int(V.shape[1])
         n = op.n_samples
@@ -282,12 +251,13 @@ class LissaInverse(Inverse):
             if t == 1:
                 AU = xp.zeros_like(U)  # u_0 = 0: no product needed
             elif Bsz is None:
-                AU = self._counted.matmat(U)
+                AU = self._prod.matmat(U)
             else:
                 AU = op.minibatch(Bsz, self.gen)._matmat(U)
                 samples += Bsz * k
             G = AU + lam * U - V  # = −(stochastic) residual
-            U = U - eta * G
+            Z = G if prec is None else prec(G)
+            U = U - eta * Z
             if t % s.check_every and t != T:
                 continue
             nrm = col_norms64(U)
@@ -297,8 +267,8 @@ class LissaInverse(Inverse):
             if np.any(nrm > limit):
                 status = Status.DIVERGED
                 break
-            if Bsz is None and t > 1:  # full batch: ‖r_t‖ never grows for η <= 2/(λ_max+λ) ...
-                rn = col_norms64(G)
+            if Bsz is None and t > 1:  # full batch: ‖r_t‖_{P⁻¹} never grows for η <= 2/λ_max(M) ...
+                rn = col_norms64(G) if prec is None else np.sqrt(np.maximum(_col_dots64(G, Z), 0.0))
                 # ... beyond the rounding noise of computing it, u·(‖v‖ + (λ_max + λ)‖u‖)
                 floor = 100.0 * u * (vnorm + (self.L + self.lam_eff) * nrm)
                 if best_r is not None and np.any((rn > 2.0 * best_r) & (rn > floor)):
@@ -313,14 +283,17 @@ class LissaInverse(Inverse):
         info = {"steps_run": t, "n_sample_products": samples}
         if status is not Status.SUCCESS:
             info["returned_iterate_step"] = t_good
+            bound = "1/λ_max(P^{-1/2}(A+λI)P^{-1/2})" if prec is not None else "1/(λ_max+λ)"
             info["advice"] = (
-                f"LiSSA {status.value} at step {t}: the step η={eta:.3g} must be <= 1/(λ_max+λ) and the batch "
+                f"LiSSA {status.value} at step {t}: the step η={eta:.3g} must be <= {bound} and the batch "
                 f"size {Bsz if Bsz is not None else 'full'} above the variance threshold (docs/theory.md §5); "
                 "leave step/batch_size/steps unset for a planned run, or use invhvp.CG()"
             )
         return Outcome(x=good, status=Status.worst([status, self.setup_status]), n_iter=t, info=info)
 
     def _verify(self, out, chk):
+        if self.plan is None:
+            return self.setup_status, {}
         # ‖x − x*‖ >= ‖r‖/(L+λ) and ‖x*‖ <= ‖v‖/λ: a certified lower bound on the relative error
         lower = chk.r * self.lam_eff / ((self.L + self.lam_eff) * np.maximum(chk.b, 1e-300))
         info = {"relative_error_lower_bound": lower, "predicted_error": self.plan["predicted_error"]}
@@ -337,3 +310,13 @@ class LissaInverse(Inverse):
             )
             return Status.INACCURATE, info
         return Status.SUCCESS, info
+
+
+def _col_dots64(X, Y) -> np.ndarray:
+    """Column dot products ``Σ_i X_ij Y_ij`` in float64 (host, length ``k``), over row chunks."""
+    xp = Bk.namespace(X)
+    acc = None
+    for sl in row_chunks(int(X.shape[0]), rows_per_chunk(2 * int(X.shape[1]))):
+        part = xp.sum(xp.astype(X[sl, :], xp.float64) * xp.astype(Y[sl, :], xp.float64), axis=0)
+        acc = part if acc is None else acc + part
+    return Bk.to_host(acc, np.float64)

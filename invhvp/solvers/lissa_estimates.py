@@ -19,19 +19,43 @@ from ..estimators import _lanczos
 __all__ = ["estimate_lambda_max", "estimate_variance"]
 
 
-def estimate_lambda_max(cfg, counted, gen) -> dict:
-    """``{"lambda_max_upper", "lambda_max_source", ...}`` for the non-shifted operator ``H = A − μI``.
+def estimate_lambda_max(cfg, counted, gen, shift=None, lanczos=None) -> dict:
+    """``{"lambda_max_upper", "lambda_max_source", ...}`` for the shifted operator ``H = A − sI``.
+
+    ``s = shift`` (default: ``op.eig_lower()`` of a PSD operator, else 0).
 
     - a user number is *verified* with one product (``‖Az‖/‖z‖ <= λ_max`` must hold); when it
       fails, the estimate below is used instead and ``lambda_max_user_rejected`` says why;
+    - ``lanczos``: the upper end of a run made already (:func:`invhvp.solvers.curvature.lower_end`
+      of an indefinite operator), ``max(θ + residual, safety·θ)`` unless exact;
     - ``"exact"`` or ``"auto"`` with a small side: exact eigenvalues from structure plus their
       rounding allowance (``Operator.spectrum``);
     - otherwise Lanczos: ``max(θ + residual, safety·θ)`` (an estimated upper bound).
     """
     op = counted.op
-    shift = op.eig_lower() if op.psd else 0.0
-    shift = shift or 0.0
+    if shift is None:
+        shift = op.eig_lower() if op.psd else 0.0
+        shift = shift or 0.0
     est: dict = {}
+    if (
+        isinstance(cfg.lambda_max, str)
+        and cfg.lambda_max != "exact"
+        and lanczos is not None
+        and "upper" in lanczos
+    ):
+        top = (
+            lanczos["upper"]
+            if lanczos["exact"]
+            else max(lanczos["upper"], cfg.safety * lanczos["upper_ritz"])
+        )
+        est.update(
+            lambda_max_upper=max(top - shift, 0.0),
+            lambda_max_source=f"the lower-end run ({lanczos['source']}), upper end: max(θ + residual, "
+            f"{cfg.safety}×θ) minus the lower end",
+        )
+        if lanczos["exact"]:
+            est["lambda_max_value"] = max(lanczos["upper_ritz"] - shift, 0.0)
+        return est
     if not isinstance(cfg.lambda_max, str):
         z = random_matrix(op.xp, (op.size, 1), op.dtype, op.device, gen, kind="normal")
         y = counted.matmat(z)

@@ -53,6 +53,14 @@ class Preconditioner(abc.ABC):
     @abc.abstractmethod
     def build(self, op: Operator, damping, rng=None) -> Applied: ...
 
+    def build_with_lower(self, op: Operator, damping, rng=None, eig_lower=None) -> Applied:
+        """``build`` for an operator with ``psd=False`` whose lower end ``eig_lower`` a solver certified.
+
+        The default ignores ``eig_lower`` (Jacobi and fixed preconditioners do not need it); the
+        Nyström preconditioner sketches ``A − eig_lower·I``.
+        """
+        return self.build(op, damping, rng)
+
 
 class Jacobi(Preconditioner):
     """``P⁻¹ = diag(1/(A_ii + λ))``: needs the operator's ``diagonal()``; ``O(d)`` per column."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from .problem import InfluenceProblem, flip_labels
 
-__all__ = ["DigitsConfig", "digits_problems"]
+__all__ = ["DigitsConfig", "DigitsModel", "digits_problems"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,32 @@ class DigitsConfig:
     finetune_steps: int = 150
     flip_fraction: float = 0.2
     alpha: float = 8.0
+
+
+@dataclass
+class DigitsModel:
+    """A fine-tuned digits LoRA MLP with its data (``digits_problems(..., return_models=True)``).
+
+    ``hessian()`` is the matrix-free Hessian of the mean training loss with respect to the LoRA
+    tensors (:func:`invhvp.adapters.hvp_operator`, ``psd=False``, with a mini-batch sampler),
+    in the coordinates of the problem's gradient blocks (``names`` order).
+    """
+
+    model: object
+    names: list
+    train: tuple
+    test: tuple
+
+    @staticmethod
+    def loss(model, batch):
+        import torch
+
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1], reduction="none")
+
+    def hessian(self, chunk_size: int = 256):
+        from invhvp.adapters import hvp_operator
+
+        return hvp_operator(self.model, self.loss, [self.train], params=self.names, chunk_size=chunk_size)
 
 
 def _build(torch, hidden):
@@ -119,7 +145,9 @@ def _per_sample_grads(torch, model, names, X, y):
     return [b.numpy() for b in g]
 
 
-def digits_problems(ranks, config: DigitsConfig | None = None, seed: int = 0, progress=None):
+def digits_problems(
+    ranks, config: DigitsConfig | None = None, seed: int = 0, progress=None, return_models=False
+):
     """Build one :class:`InfluenceProblem` per LoRA rank on the digits data.
 
     Parameters
@@ -131,10 +159,12 @@ def digits_problems(ranks, config: DigitsConfig | None = None, seed: int = 0, pr
         Seeds the split, the label flips, the initialization and training.
     progress : callable, optional
         ``progress(message)`` is called after each stage.
+    return_models : bool, default False
+        Also return one :class:`DigitsModel` per rank (for the Hessian studies).
 
     Returns
     -------
-    list of InfluenceProblem
+    list of InfluenceProblem (and a list of DigitsModel with ``return_models``)
     """
     import torch
     from sklearn.datasets import load_digits
@@ -169,7 +199,7 @@ def digits_problems(ranks, config: DigitsConfig | None = None, seed: int = 0, pr
         progress(f"digits: pretrained base, test accuracy {base_acc:.3f}")
     setup_s = time.perf_counter() - t0
 
-    problems = []
+    problems, models = [], []
     for rank in ranks:
         t1 = time.perf_counter()
         model = MLP().double()
@@ -205,6 +235,7 @@ def digits_problems(ranks, config: DigitsConfig | None = None, seed: int = 0, pr
                 info=info,
             )
         )
+        models.append(DigitsModel(model, names, (Xtr, ytr), (Xte, yte)))
         if progress:
             progress(f"digits: rank {rank} fine-tuned, test accuracy {info['test_accuracy']:.3f}")
-    return problems
+    return (problems, models) if return_models else problems

@@ -84,9 +84,23 @@ def default_methods(
         Method("datainf", "DataInf (Sherman-Morrison swap)", lambda s: invhvp.DataInf()),
         Method(
             "lissa-auto",
-            "LiSSA, automatic (η, B, T) for a relative error 0.1 per block"
+            "LiSSA, automatic (η, B, T) for a relative error 0.1 per block, no preconditioner"
             + (f", budget {lissa_budget} full products per column and block" if lissa_budget else ""),
-            lambda s: L(rng=s, max_matvec=None if lissa_budget is None else lissa_budget * n_queries),
+            lambda s: L(
+                rng=s,
+                preconditioner=None,
+                max_matvec=None if lissa_budget is None else lissa_budget * n_queries,
+            ),
+        ),
+        Method(
+            "lissa-nystrom",
+            "LiSSA, automatic plan on the Nyström-preconditioned system (relative error 0.1 per block)"
+            + (f", budget {lissa_budget} full products per column and block" if lissa_budget else ""),
+            lambda s: L(
+                rng=s,
+                preconditioner="nystrom",
+                max_matvec=None if lissa_budget is None else lissa_budget * n_queries,
+            ),
         ),
         Method(
             f"lissa-s10-d{d1}",
@@ -107,6 +121,11 @@ def default_methods(
             "cg",
             f"Conjugate gradient (rtol 1e-6, at most {cg_maxiter} iterations)",
             lambda s: invhvp.CG(rtol=1e-6, maxiter=cg_maxiter),
+        ),
+        Method(
+            "cg-nystrom",
+            f"Conjugate gradient with the adaptive Nyström preconditioner (rtol 1e-6, at most {cg_maxiter} iterations)",
+            lambda s: invhvp.CG(rtol=1e-6, maxiter=cg_maxiter, preconditioner="nystrom"),
         ),
         Method("identity", "Hessian-free: identity in place of the inverse", lambda s: invhvp.Identity()),
     ]

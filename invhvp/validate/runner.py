@@ -38,6 +38,9 @@ class ValidateConfig:
         Batch sizes of the LiSSA-versus-batch-size study.
     lissa_steps, lissa_repeats : int
         Steps and seeds per batch size in that study.
+    lissa_hessian : bool
+        Also run that study on the damped Hessian of the digits model (smallest rank; a dense
+        ``d×d`` Hessian is formed for the references).
     datainf_max_dim : int
         Largest ``min(n, d_l)`` for which DataInf's true error is computed.
     n_pairs : int
@@ -59,6 +62,7 @@ class ValidateConfig:
     lissa_batch_sizes: tuple = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     lissa_steps: int = 400
     lissa_repeats: int = 3
+    lissa_hessian: bool = True
     datainf_max_dim: int = 2048
     n_pairs: int = 20
     lissa_budget: int | None = 300
@@ -105,6 +109,7 @@ def preset(mode: str, **overrides) -> ValidateConfig:
             lissa_batch_sizes=(1, 8, 64),
             lissa_steps=100,
             lissa_repeats=1,
+            lissa_hessian=False,  # tested on its own (tests/test_hessian.py): the smoke run stays short
             datainf_max_dim=512,
         )
     else:
@@ -191,7 +196,10 @@ def run_validation(
     settings_info = {}
     skipped = {}
     say(f"[invhvp validate] mode={cfg.mode} seed={cfg.seed} out={out}")
-    problems += digits_problems(cfg.ranks, cfg.digits, seed=cfg.seed, progress=say)
+    digits, digit_models = digits_problems(
+        cfg.ranks, cfg.digits, seed=cfg.seed, progress=say, return_models=True
+    )
+    problems += digits
     settings_info["digits"] = _setting_info(problems, "digits")
     if cfg.minilm_ranks:
         mp, why = _minilm_problems(cfg, say)
@@ -224,6 +232,24 @@ def run_validation(
         say(f"theory: LiSSA error vs batch size ({setting}, rank {prob.rank})")
         lrows, meta = lissa_batch_rows(
             prob, cfg.lissa_batch_sizes, cfg.lissa_steps, repeats=cfg.lissa_repeats, seed=cfg.seed
+        )
+        lissa_results.append({"meta": meta, "rows": lrows})
+    j = min(range(len(digits)), key=lambda i: digits[i].rank) if digits else None
+    if cfg.lissa_hessian and j is not None and sum(digits[j].block_sizes) > 4096:
+        notes.append(
+            "The Hessian LiSSA study was skipped: its dense reference Hessian would exceed 4096×4096."
+        )
+    elif cfg.lissa_hessian and j is not None:
+        from .hessian_study import lissa_batch_rows_hessian
+
+        say(f"theory: LiSSA error vs batch size (digits Hessian, rank {digits[j].rank})")
+        lrows, meta = lissa_batch_rows_hessian(
+            digits[j],
+            digit_models[j],
+            cfg.lissa_batch_sizes,
+            cfg.lissa_steps,
+            repeats=cfg.lissa_repeats,
+            seed=cfg.seed,
         )
         lissa_results.append({"meta": meta, "rows": lrows})
 
