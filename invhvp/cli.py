@@ -24,6 +24,16 @@ def _ranks(text: str) -> tuple[int, ...]:
     return vals
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
 def _device(text: str) -> str:
     t = text.strip().lower()
     if t == "cpu" or t == "torch-cpu" or t == "cuda" or (t.startswith("cuda:") and t[5:].isdigit()):
@@ -33,6 +43,8 @@ def _device(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``invhvp`` argument parser (subcommands ``validate`` and ``demo``)."""
+    from .validate.threads import physical_cores
+
     p = argparse.ArgumentParser(
         prog="invhvp",
         description="Inverse damped Hessian/Gauss-Newton vector products for influence functions.",
@@ -45,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Approximation error, mislabel detection, runtime and theory checks of the invhvp "
             "solvers on a LoRA MLP (scikit-learn digits) and a LoRA MiniLM text classifier, with "
-            "20%% flipped training labels. Writes report.md, CSV/JSON tables and PNG plots."
+            "20 percent of the training labels flipped. Writes report.md, CSV/JSON tables and PNG "
+            "plots. The expected duration is printed before the run starts (--estimate prints only "
+            "that): about 3-4 minutes for --quick and about 2 hours for --full on an idle 2-core "
+            "machine (validation/README.md)."
         ),
     )
     mode = v.add_mutually_exclusive_group()
@@ -54,14 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="mode",
         action="store_const",
         const="quick",
-        help="a few minutes on 2 CPU cores (default)",
+        help="digits n=500, m=100 and MiniLM n=200, m=40 at ranks 1,2,4,8; a few minutes on 2 CPU cores (default)",
     )
     mode.add_argument(
         "--full",
         dest="mode",
         action="store_const",
         const="full",
-        help="larger samples, all ranks in both settings, the published LiSSA depths",
+        help="the paper-scale study: digits n=1000, m=200 and MiniLM n=2000, m=200 at ranks 1,2,4,8, "
+        "the published LiSSA depths",
     )
     mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke", help=argparse.SUPPRESS)
     v.set_defaults(mode="quick")
@@ -72,7 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--device",
         type=_device,
         default="cpu",
-        help="where the solves run: 'cpu' (numpy, default), 'torch-cpu', 'cuda' or 'cuda:N' (torch)",
+        help="'cpu' (default: torch gradients on the CPU, numpy solves), 'torch-cpu' (torch solves on the "
+        "CPU), 'cuda' or 'cuda:N' (gradients and solves on that GPU)",
+    )
+    v.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="compute threads of torch and of every BLAS/OpenMP pool, for the whole run "
+        f"(default: the physical cores, here {physical_cores()})",
     )
     v.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     v.add_argument(
@@ -82,8 +107,45 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R,R,...",
         help="LoRA ranks of the digits setting (default 1,2,4,8)",
     )
-    v.add_argument("--no-minilm", action="store_true", help="skip the MiniLM setting")
-    v.add_argument("--no-progress", action="store_true", help="no progress bars")
+    v.add_argument(
+        "--n-train",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="digits training points n (quick 500, full 1000)",
+    )
+    v.add_argument(
+        "--n-test",
+        type=_positive_int,
+        default=None,
+        metavar="M",
+        help="digits test points m (quick 100, full 200)",
+    )
+    mini = v.add_mutually_exclusive_group()
+    mini.add_argument(
+        "--minilm-ranks",
+        type=_ranks,
+        default=None,
+        metavar="R,R,...",
+        help="LoRA ranks of the MiniLM setting (default 1,2,4,8)",
+    )
+    mini.add_argument("--no-minilm", action="store_true", help="skip the MiniLM setting")
+    v.add_argument(
+        "--minilm-n-train",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="MiniLM training words n (quick 200, full 2000)",
+    )
+    v.add_argument(
+        "--minilm-n-test",
+        type=_positive_int,
+        default=None,
+        metavar="M",
+        help="MiniLM test words m (quick 40, full 200)",
+    )
+    v.add_argument("--estimate", action="store_true", help="print the expected duration of the run and exit")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar (one line per phase instead)")
     d = sub.add_parser("demo", help="a 10-second example: Exact vs CG on a LowRankPlusIdentity operator")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return p
@@ -126,6 +188,19 @@ def demo(seed: int = 0, echo=print) -> dict:
     return out
 
 
+def _check_cuda(parser, text: str) -> None:
+    """``parser.error`` (exit status 2) naming ``--device`` unless that CUDA device exists."""
+    try:
+        import torch
+    except ImportError:
+        parser.error(f"--device {text}: torch is not installed")
+    if not torch.cuda.is_available():
+        parser.error(f"--device {text}: CUDA is not available on this machine (torch {torch.__version__})")
+    idx = int(text.split(":")[1]) if ":" in text else 0
+    if idx >= torch.cuda.device_count():
+        parser.error(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def main(argv=None) -> int:
     """Entry point of the ``invhvp`` console script; returns the exit status."""
     parser = build_parser()
@@ -133,22 +208,36 @@ def main(argv=None) -> int:
     if args.command == "demo":
         demo(seed=args.seed)
         return 0
+    from .errors import InputError
     from .validate import preset, run_validation
+    from .validate.threads import passive_openmp
+
+    passive_openmp()  # before torch loads libgomp: idle OpenMP threads sleep instead of spinning
 
     device = None if args.device == "cpu" else ("cpu" if args.device == "torch-cpu" else args.device)
     if device and device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            parser.error(f"--device {args.device}: CUDA is not available on this machine")
-    overrides = {"device": device, "seed": args.seed}
+        _check_cuda(parser, args.device)
+    overrides = {
+        "device": device,
+        "seed": args.seed,
+        "threads": args.threads,
+        "digits_n_train": args.n_train,
+        "digits_n_test": args.n_test,
+        "minilm_n_train": args.minilm_n_train,
+        "minilm_n_test": args.minilm_n_test,
+    }
     if args.ranks:
         overrides["ranks"] = args.ranks
+    if args.minilm_ranks:
+        overrides["minilm_ranks"] = args.minilm_ranks
     if args.no_minilm:
         overrides["minilm_ranks"] = ()
-    cfg = preset(args.mode, **overrides)
+    try:
+        cfg = preset(args.mode, **overrides)
+    except InputError as exc:
+        parser.error(str(exc))
     cmd = "invhvp " + " ".join(sys.argv[1:] if argv is None else list(argv))
-    run_validation(cfg, args.out, command=cmd.strip(), bars=not args.no_progress)
+    run_validation(cfg, args.out, command=cmd.strip(), bars=not args.no_progress, estimate_only=args.estimate)
     return 0
 
 

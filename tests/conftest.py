@@ -8,6 +8,7 @@ torch tests are skipped (see ``tests/cases.py`` and the root ``conftest.py``).
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 try:
@@ -30,3 +31,19 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+
+@pytest.fixture(scope="session")
+def validate_smoke(tmp_path_factory):
+    """One ``invhvp validate --smoke`` report folder shared by the validate tests (about 30 s).
+
+    Digits at n = 100, m = 16 (ranks 1, 2) and MiniLM at rank 1 (n = 24, m = 6), one thread.
+    """
+    from invhvp.cli import main
+
+    out = tmp_path_factory.mktemp("validate_report")
+    argv = ["validate", "--smoke", "--out", str(out), "--no-progress", "--seed", "3", "--threads", "1"]
+    argv += ["--n-train", "100", "--n-test", "16", "--minilm-ranks", "1"]
+    assert main(argv) == 0
+    return out

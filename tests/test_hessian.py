@@ -75,5 +75,10 @@ def test_lissa_batch_study_on_the_hessian(hessian, tmp_path):
     assert meta["sigma1_sq"] <= meta["sigma1_sq_trace_bound"]  # λ_max(S) <= tr(S) for PSD S
     big = rows[-1]
     assert big["above_threshold"] and big["diverged"] == 0 and big["error_max"] <= big["bound"]
-    (png,) = make_plots(tmp_path, [], [], [{"meta": meta, "rows": rows}])
+    (png,), drawn = make_plots(tmp_path, [], [], [{"meta": meta, "rows": rows}])
     assert png.name == "lissa_batch_digits-hessian.png" and png.stat().st_size > 1000
+    assert {p["series"] for p in drawn} == {"error_median", "error_max", "bound"}
+    from invhvp.validate.report_theory import lissa_paragraph
+
+    text = lissa_paragraph(meta)  # the Hessian's wording: an estimated σ₁², λ_eff = λ + λ_min
+    assert "λ_eff = λ + λ_min" in text and "σ₁² ≈" in text and "estimate: Lanczos" in text

@@ -21,11 +21,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def smoke_report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report")
-    rc = main(["validate", "--smoke", "--out", str(out), "--no-progress", "--seed", "3"])
-    assert rc == 0
-    return out
+def smoke_report(validate_smoke):
+    return validate_smoke  # tests/conftest.py: digits ranks 1, 2 and MiniLM rank 1, one thread
 
 
 def test_report_folder_has_markdown_tables_and_plots(smoke_report):
@@ -39,15 +36,23 @@ def test_report_folder_has_markdown_tables_and_plots(smoke_report):
         "lissa_batch.csv",
         "lissa_batch.json",
         "settings.json",
+        "timings.csv",
+        "plots.json",
     ):
         assert f in names, f"{f} missing from {sorted(names)}"
     text = (smoke_report / "report.md").read_text(encoding="utf-8")
     assert "positive means" in text and "harmful" in text  # the sign convention is stated
-    assert "skipped" in text  # MiniLM is not run in smoke mode and the report says so
+    assert "skipped" not in text  # MiniLM ran (rank 1)
     pngs = sorted(smoke_report.glob("*.png"))
-    assert {"correlation_vs_rank.png", "auc_vs_rank.png", "runtime_vs_rank.png", "datainf_bounds.png"} <= {
-        p.name for p in pngs
-    }
+    assert {
+        "correlation_vs_rank.png",
+        "auc_vs_rank.png",
+        "runtime_vs_rank.png",
+        "runtime_per_4500_vs_rank.png",
+        "datainf_bounds.png",
+        "lissa_batch_digits.png",
+        "lissa_batch_minilm.png",
+    } <= {p.name for p in pngs}
     import matplotlib.image as mpimg
 
     for p in pngs:
@@ -62,7 +67,8 @@ def test_summary_numbers_are_finite_and_in_range(smoke_report):
     rows = json.loads((smoke_report / "summary.json").read_text())
     methods = {r["method"] for r in rows}
     assert {"exact", "datainf", "cg", "identity"} <= methods
-    assert {r["rank"] for r in rows} == {1, 2}
+    assert {(r["setting"], r["rank"]) for r in rows} == {("digits", 1), ("digits", 2), ("minilm", 1)}
+    assert {"cg-nystrom", "lissa-nystrom"} <= methods  # the preconditioned solvers too
     for r in rows:
         assert r["seconds"] is not None and 0.0 <= r["seconds"] < 600
         if r["status"] != "ok":
@@ -70,7 +76,7 @@ def test_summary_numbers_are_finite_and_in_range(smoke_report):
         for key in ("pearson", "spearman", "pearson_pairs"):
             assert -1.0 - 1e-12 <= r[key] <= 1.0 + 1e-12, (r["method"], key, r[key])
         assert 0.0 <= r["auc"] <= 1.0
-    ok = {(r["method"], r["rank"]): r for r in rows if r["status"] == "ok"}
+    ok = {(r["method"], r["rank"]): r for r in rows if r["status"] == "ok" and r["setting"] == "digits"}
     for rank in (1, 2):
         # the exact method is the reference: correlation 1 with itself
         assert ok[("exact", rank)]["pearson"] == pytest.approx(1.0, abs=1e-12)
@@ -102,7 +108,7 @@ def test_datainf_spectral_certificate_in_table_and_report(smoke_report):
 
 def test_lissa_study_rows(smoke_report):
     rows = json.loads((smoke_report / "lissa_batch.json").read_text())
-    assert [r["batch_size"] for r in rows] == [1, 8, 64]
+    assert [r["batch_size"] for r in rows] == [1, 8, 64] * 2  # digits, then MiniLM
     for r in rows:
         assert r["meta_threshold"] > 0
         assert r["above_threshold"] == (r["batch_size"] > r["meta_threshold"])

@@ -142,11 +142,17 @@ def _per_sample_grads(torch, model, names, X, y):
     g = per_sample_gradients(
         model, loss, [(X, y)], params=names, blocks="tensor", chunk_size=256, dtype=torch.float64
     )
-    return [b.numpy() for b in g]
+    return [b.detach().cpu().numpy() for b in g]
 
 
 def digits_problems(
-    ranks, config: DigitsConfig | None = None, seed: int = 0, progress=None, return_models=False
+    ranks,
+    config: DigitsConfig | None = None,
+    seed: int = 0,
+    progress=None,
+    return_models=False,
+    device=None,
+    run_item=None,
 ):
     """Build one :class:`InfluenceProblem` per LoRA rank on the digits data.
 
@@ -160,7 +166,13 @@ def digits_problems(
     progress : callable, optional
         ``progress(message)`` is called after each stage.
     return_models : bool, default False
-        Also return one :class:`DigitsModel` per rank (for the Hessian studies).
+        Also return one :class:`DigitsModel` per rank (for the Hessian studies); the models and
+        their data are returned on the CPU whatever ``device`` is.
+    device : str, optional
+        torch device of the training and of the per-sample gradients (``None``: the CPU).
+    run_item : callable, optional
+        ``run_item(key, fn)`` runs each stage (keys ``("gradients", "digits", 0)`` for the
+        pretraining, ``("gradients", "digits", rank)`` per rank); progress reporting hooks in here.
 
     Returns
     -------
@@ -169,6 +181,8 @@ def digits_problems(
     import torch
     from sklearn.datasets import load_digits
 
+    run_item = run_item or (lambda key, fn, *a, **k: fn(*a, **k))
+    dev = torch.device(device or "cpu")
     cfg = config or DigitsConfig()
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -185,29 +199,37 @@ def digits_problems(
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    T = torch.as_tensor
+
+    def T(a):
+        return torch.as_tensor(a, device=dev)
+
     Xp, yp = T(X[i_pre]), T(y[i_pre])
     Xtr, ytr, ytr_clean = T(X[i_tr]), T(y_noisy), T(y[i_tr])
     Xte, yte = T(X[i_te]), T(y[i_te])
 
     MLP = _build(torch, cfg.hidden)
-    base = MLP().double()
-    _train(torch, base, list(base.parameters()), Xp, yp, cfg.pretrain_steps, 1e-2)
-    base_state = {k: v.clone() for k, v in base.state_dict().items()}
-    base_acc = _accuracy(torch, base, Xte, yte)
+
+    def pretrain():
+        base = MLP().double().to(dev)
+        _train(torch, base, list(base.parameters()), Xp, yp, cfg.pretrain_steps, 1e-2)
+        return {k: v.clone() for k, v in base.state_dict().items()}, _accuracy(torch, base, Xte, yte)
+
+    base_state, base_acc = run_item(("gradients", "digits", 0), pretrain)
     if progress:
         progress(f"digits: pretrained base, test accuracy {base_acc:.3f}")
     setup_s = time.perf_counter() - t0
 
-    problems, models = [], []
-    for rank in ranks:
+    def one_rank(rank):
         t1 = time.perf_counter()
         model = MLP().double()
         model.load_state_dict(base_state)
         for p in model.parameters():
             p.requires_grad_(False)
         for layer in (model.l1, model.l2, model.l3):
-            layer.add_lora(int(rank), cfg.alpha, gen)
+            layer.add_lora(
+                int(rank), cfg.alpha, gen
+            )  # initialized on the CPU generator: same on every device
+        model = model.to(dev)
         names = [f"{layer}.lora_{ab}" for layer in ("l1", "l2", "l3") for ab in ("A", "B")]
         lora = [p for k, p in model.named_parameters() if k in names]
         loss = _train(torch, model, lora, Xtr, ytr, cfg.finetune_steps, 3e-3)
@@ -217,6 +239,7 @@ def digits_problems(
             "n_train": cfg.n_train,
             "n_test": cfg.n_test,
             "hidden": cfg.hidden,
+            "device": str(dev),
             "base_test_accuracy": base_acc,
             "test_accuracy": _accuracy(torch, model, Xte, yte),
             "train_accuracy_noisy_labels": _accuracy(torch, model, Xtr, ytr),
@@ -224,18 +247,24 @@ def digits_problems(
             "final_train_loss": loss,
             "setup_seconds": setup_s + time.perf_counter() - t1,
         }
-        problems.append(
-            InfluenceProblem(
-                setting="digits",
-                rank=int(rank),
-                train_grads=train_grads,
-                test_grads=test_grads,
-                flipped=flipped,
-                block_names=names,
-                info=info,
-            )
+        prob = InfluenceProblem(
+            setting="digits",
+            rank=int(rank),
+            train_grads=train_grads,
+            test_grads=test_grads,
+            flipped=flipped,
+            block_names=names,
+            info=info,
         )
-        models.append(DigitsModel(model, names, (Xtr, ytr), (Xte, yte)))
+        cpu = torch.device("cpu")
+        dm = DigitsModel(model.to(cpu), names, (Xtr.to(cpu), ytr.to(cpu)), (Xte.to(cpu), yte.to(cpu)))
+        return prob, dm
+
+    problems, models = [], []
+    for rank in ranks:
+        prob, dm = run_item(("gradients", "digits", int(rank)), one_rank, rank)
+        problems.append(prob)
+        models.append(dm)
         if progress:
-            progress(f"digits: rank {rank} fine-tuned, test accuracy {info['test_accuracy']:.3f}")
+            progress(f"digits: rank {rank} fine-tuned, test accuracy {prob.info['test_accuracy']:.3f}")
     return (problems, models) if return_models else problems

@@ -57,7 +57,7 @@ class MethodRun:
 
 
 def default_methods(
-    quick: bool = True, n_queries: int = 21, lissa_budget: int | None = 300, cg_maxiter: int = 500
+    quick: bool = True, lissa_budget: int | None = 300, cg_maxiter: int = 500
 ) -> list[Method]:
     """The methods of the approximation-error study (docs/theory.md §12, DataInf Fig. 1).
 
@@ -66,11 +66,10 @@ def default_methods(
     quick : bool
         Shorten the classic LiSSA depths (1000 → 200, 5000 → 1000) so that a quick run
         finishes in minutes; the report says so.
-    n_queries : int
-        Right-hand sides per solve (prices the automatic LiSSA budget).
     lissa_budget : int or None
-        Budget of the automatic LiSSA plan in full Gram products per right-hand side and
-        block (``max_matvec = lissa_budget · n_queries``); ``None``: no budget.
+        Budget of the automatic LiSSA plans in full Gram products per right-hand-side column
+        and block (``LiSSA(max_matvec=lissa_budget)``, which counts per column); ``None``: the
+        solver's default budget (2000).
     cg_maxiter : int
         Iteration limit of CG (on the whole block-diagonal operator); reaching it keeps the
         values and marks the run ``max_iter``.
@@ -79,28 +78,22 @@ def default_methods(
 
     d1, d2 = (200, 1000) if quick else (1000, 5000)
     L = invhvp.LiSSA
+    budget = f", budget {lissa_budget if lissa_budget else 2000} full products per column and block" + (
+        "" if lissa_budget else " (the solver's default)"
+    )
     return [
         Method("exact", "Exact per-block inverse (Woodbury/Cholesky)", lambda s: invhvp.Exact()),
         Method("datainf", "DataInf (Sherman-Morrison swap)", lambda s: invhvp.DataInf()),
         Method(
             "lissa-auto",
-            "LiSSA, automatic (η, B, T) for a relative error 0.1 per block, no preconditioner"
-            + (f", budget {lissa_budget} full products per column and block" if lissa_budget else ""),
-            lambda s: L(
-                rng=s,
-                preconditioner=None,
-                max_matvec=None if lissa_budget is None else lissa_budget * n_queries,
-            ),
+            "LiSSA, automatic (η, B, T) for a relative error 0.1 per block, no preconditioner" + budget,
+            lambda s: L(rng=s, preconditioner=None, max_matvec=lissa_budget),
         ),
         Method(
             "lissa-nystrom",
             "LiSSA, automatic plan on the Nyström-preconditioned system (relative error 0.1 per block)"
-            + (f", budget {lissa_budget} full products per column and block" if lissa_budget else ""),
-            lambda s: L(
-                rng=s,
-                preconditioner="nystrom",
-                max_matvec=None if lissa_budget is None else lissa_budget * n_queries,
-            ),
+            + budget,
+            lambda s: L(rng=s, preconditioner="nystrom", max_matvec=lissa_budget),
         ),
         Method(
             f"lissa-s10-d{d1}",
@@ -215,7 +208,11 @@ def run_method(problem, method: Method, damping, device=None, seed: int = 0, n_p
         fatal = [r for r in failed if r.status.value in ("diverged", "nonfinite", "nonpositive_curvature")]
         if fatal:
             return MethodRun(
-                method.name, None, time.perf_counter() - t0, fatal[0].status.value, _short(_describe(fatal[0]))
+                method.name,
+                None,
+                time.perf_counter() - t0,
+                fatal[0].status.value,
+                _short(_describe(fatal[0])),
             )
     except invhvp.ConvergenceError as exc:
         res = exc.result
@@ -243,6 +240,17 @@ def _describe(result) -> str:
 
 
 def _short(text: str, limit: int = 300) -> str:
-    """The first ``limit`` characters of a (possibly very long, per-block) message."""
+    """A (possibly very long, per-block) message shortened to at most ``limit`` characters at a word boundary.
+
+    Examples
+    --------
+    >>> _short("the plan cannot meet rtol=0.1 within the budget", 30)
+    'the plan cannot meet rtol=0.1 …'
+    """
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut and not text[limit - 1].isspace():
+        cut = cut[: cut.rfind(" ") + 1]
+    return cut.rstrip() + " …"

@@ -8,33 +8,30 @@ import math
 from pathlib import Path
 
 from .plots import _finite, make_plots
+from .report_theory import datainf_section, lissa_section
 
 __all__ = ["write_table", "format_table", "make_plots", "write_report", "PUBLISHED"]
 
-#: What the papers report (docs/theory.md §12): printed beside our numbers, never used as targets.
+#: What the papers report (docs/theory.md §12): printed and drawn beside our numbers, never used as targets.
 PUBLISHED = [
     (
-        "DataInf Fig. 1 (GLUE-MRPC, LoRA rank 1, RoBERTa)",
-        "Pearson with exact: DataInf 0.64, "
-        "Hessian-free 0.50, LiSSA (10 iterations) 0.45; correlation falls as the rank grows",
+        "Kwon et al. 2023 (DataInf), Fig. 1: GLUE-MRPC, RoBERTa, LoRA rank 1",
+        "Pearson with exact: DataInf 0.64, Hessian-free 0.50, LiSSA (10 iterations) 0.45; "
+        "correlation falls as the rank grows (stars in `correlation_vs_rank.png`)",
     ),
     (
-        "DataInf Table (GLUE-QQP, 4500 influence values, one A40)",
-        "runtime: DataInf 13 s, LiSSA 70 s, exact 11279 s",
+        "Kwon et al. 2023 (DataInf), runtime table: GLUE-QQP, 4,500 influence values, one A40 GPU",
+        "DataInf 13 s, LiSSA 70 s, exact 11,279 s (stars and dotted lines in `runtime_per_4500_vs_rank.png`)",
     ),
     (
-        "DataInf Fig. 2 (20% flipped labels, LoRA rank 4)",
-        "mislabel-detection AUC: DataInf ≫ Hessian-free and LiSSA, close to exact",
+        "Kwon et al. 2023 (DataInf), Fig. 2: 20% flipped labels, LoRA rank 4",
+        "mislabel-detection AUC: DataInf well above Hessian-free and LiSSA, close to exact "
+        "(qualitative: no number to draw)",
     ),
     (
         "Klochkov & Liu 2024",
-        "LiSSA converges once the batch passes a threshold set by trace and "
-        "λ_max; e.g. λ = 5: ResNet-18 η = 0.003, T = 150, B = 100",
-    ),
-    (
-        "docs/theory.md §12 (MiniLM-L6, rank 8, n = 2000)",
-        "DataInf ≈ 0.25 correlation with exact; "
-        "exact ≈ 7× DataInf's arithmetic; AUC DataInf 0.90, exact 0.80",
+        "LiSSA converges once the batch passes a threshold set by the trace and λ_max; e.g. λ = 5: "
+        "ResNet-18 η = 0.003, T = 150, B = 100",
     ),
 ]
 
@@ -109,7 +106,14 @@ SUMMARY_COLUMNS = [
     "pearson_pairs",
     "auc",
     "seconds",
+    "seconds_per_4500",
 ]
+_FIGURES = (
+    "correlation_vs_rank.png",
+    "auc_vs_rank.png",
+    "runtime_vs_rank.png",
+    "runtime_per_4500_vs_rank.png",
+)
 
 
 def write_report(
@@ -123,14 +127,24 @@ def write_report(
     notes,
     methods,
     plots,
-    wall_seconds,
+    runinfo,
     command,
+    n_queries,
+    timings=None,
 ) -> Path:
-    """Write ``report.md`` into ``out`` and return its path."""
+    """Write ``report.md`` into ``out`` and return its path.
+
+    ``runinfo`` holds ``threads``, ``device``, ``wall_seconds`` and ``expected_seconds``;
+    ``n_queries`` is the number of queries each method was timed on; ``timings`` the rows of
+    ``timings.csv`` (summed per phase in the report).
+    """
     out = Path(out)
-    L = []
-    L.append("# invhvp validation report\n")
-    L.append(f"Command: `{command}` — wall time {wall_seconds:.1f} s.\n")
+    L = ["# invhvp validation report\n"]
+    L.append(
+        f"Command: `{command}` — wall time {runinfo['wall_seconds']:.1f} s (expected before the start: "
+        f"{runinfo['expected_seconds']:.0f} s). Device: {runinfo['device']}; {runinfo['threads']} compute "
+        "threads for torch and every BLAS/OpenMP pool (`--threads`).\n"
+    )
     L.append(
         "**Sign convention.** Influence values are `I(z_t, z_i) = − Σ_l g_{t,l}ᵀ (G_l + λ_l I)⁻¹ g_{i,l}`: "
         "positive means up-weighting training point `z_i` raises the test loss, i.e. the point is "
@@ -152,18 +166,68 @@ def write_report(
     L += [f"- `{m.name}`: {m.label}" for m in methods]
     L.append("")
     L.append("## Approximation error, mislabel detection and runtime\n")
+    qs = {r["setting"]: r.get("n_queries", n_queries) for r in rows}
+    timed = ", ".join(
+        f"{q} queries actually timed ({s}: the average test gradient and {q - 1} test points)"
+        for s, q in qs.items()
+    )
     L.append(
         "`pearson`/`spearman`: correlation of each method's average-over-test influence scores with "
-        "the exact per-block inverse's (the DataInf Fig. 1 quantity); `pearson_pairs`: over all "
-        "m×n (test, train) values; `auc`: detection of the flipped labels by the score (DataInf "
-        "Fig. 2); `seconds`: wall time of the method's solves and products (all blocks, all test "
-        "points). A status other than `ok` means the solver reported failure (e.g. divergence); "
-        "its correlations are then left empty.\n"
+        "the exact per-block inverse's (the DataInf Fig. 1 quantity); `pearson_pairs`: over the "
+        "individual test points × n training points; `auc`: detection of the flipped "
+        "labels by the score (DataInf Fig. 2); `seconds`: wall time of the method's solves and products "
+        f"for the {timed}, all blocks, one `influence_matrix` call; `seconds_per_4500`: the same per 4,500 "
+        "influence values, the DataInf paper's runtime unit (`seconds · 4500 / (queries · n)`: a linear "
+        "rescaling, setup costs included). Status `ok`: the solver verified its target; `max_iter` "
+        "(budget ran out) and `inaccurate` keep their values, flagged; `diverged` and other failures "
+        "return no values (the solver detected them), so their correlations are empty.\n"
     )
     L.append(format_table(rows, SUMMARY_COLUMNS, markdown=True))
     L.append("")
-    bad = [r for r in rows if r["status"] != "ok"]
-    if bad and datainf_rows:
+    L += _status_sections(rows, datainf_rows)
+    L.append(
+        "**Reading the plots.** One line per method; filled markers: verified runs; hollow markers: "
+        "`max_iter`/`inaccurate` runs at their (kept) values; × in a strip below the axis: runs with "
+        "no values (diverged or failed) — never drawn at a value; in the runtime plots × marks the time "
+        "until the solver stopped a failed run. Stars: published figures (Kwon et al. 2023, "
+        "docs/theory.md §12; other models and data, so references, not targets). The runtime plots show "
+        "the seconds as timed (queries × n values) and per 4,500 influence values.\n"
+    )
+    L += [f"![{p.stem}]({p.name})\n" for p in plots if p.name in _FIGURES]
+    L += datainf_section(datainf_rows)
+    L += lissa_section(lissa_results)
+    L.append("## Published figures (for comparison, not targets; docs/theory.md §12)\n")
+    L += [f"- {src}: {txt}" for src, txt in PUBLISHED]
+    L.append("")
+    if timings:
+        L.append("## Time per phase\n")
+        phases: dict = {}
+        for t in timings:
+            e, s = phases.get(t["phase"], (0.0, 0.0))
+            phases[t["phase"]] = (
+                e + t["expected_seconds"],
+                s + (t["seconds"] if _finite(t["seconds"]) else 0.0),
+            )
+        prow = [{"phase": k, "expected_seconds": e, "seconds": s} for k, (e, s) in phases.items()]
+        L.append(format_table(prow, ["phase", "expected_seconds", "seconds"], markdown=True))
+        L.append("\nPer item: `timings.csv` (expected from the cost model, measured).\n")
+    L.append("## Files\n")
+    L.append(
+        "`summary.csv/json` (table above), `datainf_bounds.csv/json`, `lissa_batch.csv/json`, "
+        "`timings.csv/json`, `plots.json` (every point drawn, with its kind), `settings.json` "
+        "(configuration, thread pools, device), and the PNG plots.\n"
+    )
+    path = out / "report.md"
+    path.write_text("\n".join(L), encoding="utf-8")
+    return path
+
+
+def _status_sections(rows, datainf_rows) -> list[str]:
+    """The runs that did not verify their target: with values (flagged) and without (failed)."""
+    L = []
+    flagged = [r for r in rows if r["status"] != "ok" and r.get("has_values")]
+    failed = [r for r in rows if not r.get("has_values")]
+    if failed and datainf_rows:
         worst: dict = {}
         for r in datainf_rows:
             key = (r["setting"], r["rank"])
@@ -175,104 +239,20 @@ def write_report(
             + ", ".join(f"{_fmt(v)} ({s} rank {k})" for (s, k), v in sorted(worst.items()))
             + ".\n"
         )
-    if bad:
-        L.append("Methods that did not return finite values:\n")
-        L += [
-            f"- {r['setting']} rank {r['rank']} `{r['method']}`: {r['status']} {r['note']}".rstrip()
-            for r in bad
-        ]
-        L.append("")
-    for p in plots:
-        if p.name in ("correlation_vs_rank.png", "auc_vs_rank.png", "runtime_vs_rank.png"):
-            L.append(f"![{p.stem}]({p.name})\n")
-    L.append("## Theory: DataInf's per-block error against its bounds\n")
-    L.append(
-        "True spectral error `‖S̄⁻¹ − R‖₂` of DataInf's inverse per block, beside the spectral "
-        "certificate `λ_max(R) − 1/(λ + μ̄)` (sharpened; `spectral_ratio` = spectral / true error), "
-        "the intermediate bound, the computable certificate and the paper's `2M²d²/λ³` form "
-        "(docs/theory.md §4). Every bound must be at least the true error; the gap is how loose it "
-        "is. Blocks sorted by d_l. The plot shows λ_l times each value: the error in units of "
-        "1/λ_l ≥ ‖S̄⁻¹‖₂, so 1 means an error as large as the exact inverse itself.\n"
-    )
-    if datainf_rows:
-        srt = sorted(datainf_rows, key=lambda r: (r["setting"], r["d"], r["rank"]))
-        cols = [
-            "setting",
-            "rank",
-            "block",
-            "d",
-            "n",
-            "damping",
-            "true_error",
-            "intermediate",
-            "spectral",
-            "spectral_ratio",
-            "certificate",
-            "paper_bound",
-        ]
-        L.append(format_table(srt, cols, markdown=True))
-        viol = [
-            r
-            for r in datainf_rows
-            if _finite(r["true_error"]) and r["true_error"] > r["certificate"] * (1 + 1e-9)
-        ]
-        L.append("")
+    if flagged:
         L.append(
-            f"Blocks where the true error exceeds the certificate: {len(viol)} of {len(datainf_rows)}.\n"
+            "Runs that kept their values but did not verify their target (values in the table, flagged):\n"
         )
-        L.append(_spectral_sentence(datainf_rows))
-        L.append("![datainf_bounds](datainf_bounds.png)\n")
-    else:
-        L.append("Not computed in this run.\n")
-    L.append("## Theory: LiSSA error versus batch size\n")
-    if lissa_results:
-        for res in lissa_results:
-            m = res["meta"]
-            L.append(
-                f"{m['setting']}, rank {m['rank']}, block `{m['block']}` (d = {m['d']}, n = {m['n']}): "
-                f"λ_max = {_fmt(m['lambda_max'])} (exact), σ₁² = {_fmt(m['sigma1_sq'])} (exact; trace bound "
-                f"{_fmt(m['sigma1_sq_trace_bound'])}). At the default damping λ = {_fmt(m['default_damping'])} "
-                f"the predicted threshold is B* = {_fmt(m['default_threshold'])} (n = {m['n']}), so this "
-                f"study sets λ = {_fmt(m['damping'])}, where B* = ησ₁²/(λ(2 − ηλ)) = {_fmt(m['threshold'])} "
-                f"(with the trace bound on σ₁²: {_fmt(m['threshold_trace_bound'])}); step η = 1/(λ_max + λ) = "
-                f"{_fmt(m['step'])}, T = {m['steps']} steps. Runs the solver reported as diverged count as "
-                "`inf`. The threshold comes from a worst-case second-moment bound: above it convergence is "
-                "guaranteed, below it divergence is possible, not certain (it depends on how the "
-                "right-hand side meets the high-variance directions).\n"
-            )
-            L.append(
-                format_table(
-                    res["rows"],
-                    ["batch_size", "error_median", "error_max", "diverged", "bound", "above_threshold"],
-                    markdown=True,
-                )
-            )
-            L.append(f"\n![lissa_batch_{m['setting']}](lissa_batch_{m['setting']}.png)\n")
-    else:
-        L.append("Not computed in this run.\n")
-    L.append("## Published figures (for comparison, not targets)\n")
-    L += [f"- {src}: {txt}" for src, txt in PUBLISHED]
-    L.append("")
-    L.append("## Files\n")
-    L.append(
-        "`summary.csv/json` (table above), `datainf_bounds.csv/json`, `lissa_batch.csv/json`, "
-        "`settings.json`, and the PNG plots.\n"
-    )
-    path = out / "report.md"
-    path.write_text("\n".join(L), encoding="utf-8")
-    return path
-
-
-def _spectral_sentence(datainf_rows) -> str:
-    """One sentence on what the spectral certificate says at the paper's damping (docs/theory.md §4)."""
-    scaled = [r["damping"] * r["spectral"] for r in datainf_rows if _finite(r.get("spectral"))]
-    ratios = [r["spectral_ratio"] for r in datainf_rows if _finite(r.get("spectral_ratio"))]
-    if not scaled:
-        return ""
-    rng = f" and is {min(ratios):.2f}–{max(ratios):.2f}× the true error" if ratios else ""
-    return (
-        f"The spectral certificate is λ_l·bound = {min(scaled):.2f}–{max(scaled):.2f} here{rng}: "
-        "at the paper's damping (λ = 0.1 × mean eigenvalue) DataInf's error is about as large as the "
-        "inverse itself in the gradients' span, so its correlation with exact influence, not the "
-        "operator error, is the measure to read (docs/theory.md §4).\n"
-    )
+        L += [
+            f"- {r['setting']} rank {r['rank']} `{r['method']}`: {r['status']} — {r['note']}".rstrip(" —")
+            for r in flagged
+        ]
+        L.append("")
+    if failed:
+        L.append("Runs without values (the solver reported the failure):\n")
+        L += [
+            f"- {r['setting']} rank {r['rank']} `{r['method']}`: {r['status']} — {r['note']}".rstrip(" —")
+            for r in failed
+        ]
+        L.append("")
+    return L

@@ -19,6 +19,7 @@ __all__ = [
     "influence_study",
     "datainf_error_rows",
     "lissa_batch_rows",
+    "PAPER_VALUES",
 ]
 
 
@@ -72,7 +73,11 @@ def auc(scores, positives) -> float:
     return float((r[p].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def influence_study(problems, methods, device=None, seed: int = 0, n_pairs: int = 20, progress=None):
+#: The DataInf paper's runtime unit: seconds to compute 4,500 influence values (docs/theory.md §12).
+PAPER_VALUES = 4500
+
+
+def influence_study(problems, methods, device=None, seed: int = 0, n_pairs: int = 20, run_item=None):
     """Approximation error, mislabel detection and runtime of every method on every problem.
 
     For each problem the exact per-block inverse (the method named ``"exact"``) is the
@@ -83,8 +88,12 @@ def influence_study(problems, methods, device=None, seed: int = 0, n_pairs: int 
     - ``pearson_pairs``: Pearson correlation over the ``n_pairs × n`` individual (test, train)
       influence values;
     - ``auc``: AUC of the average-over-test score (positive = harmful) for the flipped labels;
-    - ``seconds``: wall time of the method's solves and products for the ``1 + n_pairs``
-      queries (see :func:`~invhvp.validate.methods.run_method`).
+    - ``seconds``: wall time of the method's solves and products for the ``n_queries = 1 +
+      n_pairs`` queries (see :func:`~invhvp.validate.methods.run_method`), and
+      ``seconds_per_4500``: the same time per 4,500 influence values (the DataInf paper's
+      unit), ``seconds · 4500 / (n_queries · n)``;
+    - ``has_values``: whether the method returned influence values (``max_iter`` and
+      ``inaccurate`` runs keep theirs, flagged by ``status``; diverged or failed runs have none).
 
     Parameters
     ----------
@@ -95,23 +104,33 @@ def influence_study(problems, methods, device=None, seed: int = 0, n_pairs: int 
         Passed to :func:`~invhvp.validate.methods.run_method`.
     seed : int
     n_pairs : int
-    progress : callable, optional
-        ``progress(label)`` after each method run (e.g. a tqdm update).
+    run_item : callable, optional
+        ``run_item(key, fn)`` runs each method (key ``("influence", setting, rank, name)``),
+        e.g. :meth:`~invhvp.validate.progress.Progress.run`.
 
     Returns
     -------
     list of dict
     """
+    run_item = run_item or (lambda key, fn, *a, **k: fn(*a, **k))
     rows = []
     for prob in problems:
         lam = default_damping(prob.train_grads)
         runs = {}
         for m in methods:
-            runs[m.name] = run_method(prob, m, lam, device=device, seed=seed, n_pairs=n_pairs)
-            if progress:
-                progress(f"{prob.setting} r={prob.rank} {m.name}")
+            runs[m.name] = run_item(
+                ("influence", prob.setting, prob.rank, m.name),
+                run_method,
+                prob,
+                m,
+                lam,
+                device=device,
+                seed=seed,
+                n_pairs=n_pairs,
+            )
         ref = runs.get("exact")
         ref_ok = ref is not None and ref.influence is not None
+        q = 1 + min(int(n_pairs), prob.n_test)
         for m in methods:
             run = runs[m.name]
             row = {
@@ -119,11 +138,14 @@ def influence_study(problems, methods, device=None, seed: int = 0, n_pairs: int 
                 "rank": prob.rank,
                 "method": m.name,
                 "status": run.status,
+                "has_values": run.influence is not None,
                 "n_train": prob.n_train,
                 "n_test": prob.n_test,
+                "n_queries": q,
                 "n_blocks": len(prob.block_sizes),
                 "max_block_dim": max(prob.block_sizes),
                 "seconds": run.seconds,
+                "seconds_per_4500": run.seconds * PAPER_VALUES / (q * prob.n_train),
                 "pearson": float("nan"),
                 "spearman": float("nan"),
                 "pearson_pairs": float("nan"),
@@ -143,7 +165,7 @@ def influence_study(problems, methods, device=None, seed: int = 0, n_pairs: int 
 
 
 # --------------------------------------------------------------------------- theory: DataInf
-def datainf_error_rows(problems, max_dim: int = 2048):
+def datainf_error_rows(problems, max_dim: int = 2048, run_item=None):
     """DataInf's true per-block error ``‖S̄⁻¹ − R‖₂`` beside its certificates (docs/theory.md §4).
 
     One row per (problem, block) from :func:`invhvp.bounds.datainf_certificates`: ``d_l``,
@@ -157,31 +179,40 @@ def datainf_error_rows(problems, max_dim: int = 2048):
     problems : list of InfluenceProblem
     max_dim : int
         Largest ``min(n, d_l)`` for which the true error is computed.
+    run_item : callable, optional
+        ``run_item(key, fn)`` runs the blocks of each problem (key ``("datainf", setting, rank)``).
     """
+    run_item = run_item or (lambda key, fn, *a, **k: fn(*a, **k))
+    rows = []
+    for prob in problems:
+        rows += run_item(("datainf", prob.setting, prob.rank), _datainf_rows, prob, max_dim)
+    return rows
+
+
+def _datainf_rows(prob, max_dim):
     from invhvp.bounds import datainf_certificates
 
     rows = []
-    for prob in problems:
-        lam = default_damping(prob.train_grads)
-        for name, U, lm in zip(prob.block_names, prob.train_grads, lam):
-            c = datainf_certificates(U, lm, max_true_dim=max_dim)
-            row = {"setting": prob.setting, "rank": prob.rank, "block": name}
-            for k in (
-                "d",
-                "n",
-                "damping",
-                "lambda_max",
-                "true_error",
-                "intermediate",
-                "certificate",
-                "paper_bound",
-                "spectral",
-            ):
-                v = c.get(k)
-                row[k] = float("nan") if v is None else v
-            te = c.get("true_error")
-            row["spectral_ratio"] = c["spectral"] / te if te else float("nan")
-            rows.append(row)
+    lam = default_damping(prob.train_grads)
+    for name, U, lm in zip(prob.block_names, prob.train_grads, lam):
+        c = datainf_certificates(U, lm, max_true_dim=max_dim)
+        row = {"setting": prob.setting, "rank": prob.rank, "block": name}
+        for k in (
+            "d",
+            "n",
+            "damping",
+            "lambda_max",
+            "true_error",
+            "intermediate",
+            "certificate",
+            "paper_bound",
+            "spectral",
+        ):
+            v = c.get(k)
+            row[k] = float("nan") if v is None else v
+        te = c.get("true_error")
+        row["spectral_ratio"] = c["spectral"] / te if te else float("nan")
+        rows.append(row)
     return rows
 
 
@@ -247,8 +278,9 @@ def lissa_batch_rows(
         ``above_threshold``.
     meta : dict
         ``block``, ``d``, ``n``, ``damping`` (used), ``default_damping`` and
-        ``default_threshold``, ``lambda_max``, ``step``, ``steps``, ``sigma1_sq`` (exact) and
-        ``sigma1_sq_trace_bound``, ``threshold`` (and with the trace bound).
+        ``default_threshold``, ``lambda_max``, ``lambda_min`` (0: a Gram matrix), ``step``,
+        ``steps``, ``sigma1_sq`` (exact), ``sigma1_sq_source`` and ``sigma1_sq_trace_bound``,
+        ``threshold`` (and with the trace bound).
     """
     import invhvp
     from invhvp.bounds import lissa_batch_threshold, lissa_error_bound
@@ -281,6 +313,8 @@ def lissa_batch_rows(
         "steps": steps,
         "sigma1_sq": s_exact,
         "sigma1_sq_trace_bound": s_trace,
+        "sigma1_sq_source": "exact (n×n eigenproblem)",
+        "lambda_min": 0.0,
         "threshold": thr,
         "threshold_trace_bound": lissa_batch_threshold(eta, lam, s_trace),
     }
