@@ -18,6 +18,8 @@ __all__ = ["Item", "build_plan", "machine_gflops", "digits_block_sizes", "minilm
 #: float64 matrix-multiply rate (GFLOP/s, best of 3 products of 384×384 matrices, 2 threads) of the
 #: machine the constants below were fitted on: a 2-core x86 VM (quick run of 2025, `timings.csv`).
 REF_GFLOPS = 118.0
+#: What :func:`machine_gflops` (one thread) measures on that machine.
+REF_PROBE = 58.0
 #: Per method: (seconds per block and call, multiplier of the flop count / measured rate), fitted
 #: by non-negative least squares to the 8 (setting, rank) problems of a quick run.
 METHOD_FIT = {
@@ -65,17 +67,23 @@ class Item:
     cost: float
 
 
-def machine_gflops(size: int = 384, repeats: int = 3) -> float:
-    """float64 matrix-multiply rate of this process (GFLOP/s, best of ``repeats``), under the current thread limits."""
+def machine_gflops(size: int = 256, repeats: int = 5) -> float:
+    """Single-thread float64 matrix-multiply rate (GFLOP/s, best of ``repeats``, about 10 ms).
+
+    One thread, so that the probe measures the core and not a momentary contention between
+    BLAS threads (with 2 threads beside another job the same product ran 20× slower).
+    """
     import numpy as np
+    from threadpoolctl import threadpool_limits
 
     a = np.random.default_rng(0).standard_normal((size, size))
-    a @ a  # warm up the BLAS threads
     best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
+    with threadpool_limits(1, user_api="blas"):
         a @ a
-        best = min(best, time.perf_counter() - t)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - t)
     return 2.0 * size**3 / max(best, 1e-9) / 1e9
 
 
@@ -121,11 +129,11 @@ def _method_seconds(name: str, n: int, dims, q: int, budget, gf: float) -> float
 def build_plan(cfg, methods, gflops: float | None = None) -> list[Item]:
     """Every item of the run ``cfg`` with its expected seconds on this machine.
 
-    ``gflops`` is this machine's measured rate (:func:`machine_gflops`); costs that are not
-    matrix products (Python steps, model passes) are scaled by ``REF_GFLOPS / gflops`` too, clipped
+    ``gflops`` is this machine's measured rate (:func:`machine_gflops`); every cost is scaled
+    by ``REF_PROBE / gflops`` (Python steps and model passes too), clipped
     to [0.5, 4] so that one noisy probe cannot make the estimate absurd.
     """
-    speed = min(max(REF_GFLOPS / (gflops or REF_GFLOPS), 0.5), 4.0)  # > 1: slower than the reference
+    speed = min(max(REF_PROBE / (gflops or REF_PROBE), 0.5), 4.0)  # > 1: slower than the reference
     gf = REF_GFLOPS * 1e9 / speed
     items: list[Item] = []
     dg, mm = cfg.digits, cfg.minilm

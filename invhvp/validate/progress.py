@@ -57,6 +57,7 @@ class Progress:
         self.say, self.clock, self.refresh = say, clock, refresh
         self.done: dict = {}  # key -> measured seconds
         self.current = None
+        self._last = None  # the label shown between two items
         self._t_item = None
         self._phase = None
         self.t0 = clock()
@@ -69,7 +70,7 @@ class Progress:
 
             self._bar = tqdm(
                 total=self.total,
-                bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}",
+                bar_format="{percentage:3.0f}%|{bar}| {desc}",
                 desc="validate",
                 leave=False,
                 smoothing=0,
@@ -108,7 +109,8 @@ class Progress:
         return self.clock() - self.t0
 
     def status_text(self) -> str:
-        label = self.items[self.current].label if self.current is not None else "done"
+        key = self.current if self.current is not None else self._last
+        label = self.items[key].label if key is not None else "starting"
         return f"{label} | {format_seconds(self.elapsed())} elapsed, ETA {format_seconds(self.remaining())}"
 
     # ----------------------------------------------------------------- running items
@@ -121,16 +123,16 @@ class Progress:
                 self.say(f"[{self.percent():3.0f}%] {it.phase}: {self.status_text_for(key)}")
         self.current, self._t_item = key, self.clock()
         if self._bar is not None:
-            self._bar.set_postfix_str(self.status_text(), refresh=True)
+            self._bar.set_description_str(self.status_text(), refresh=True)
         try:
             return fn(*args, **kwargs)
         finally:
             dt = self.clock() - self._t_item
             self.done[key] = dt
-            self.current, self._t_item = None, None
+            self.current, self._t_item, self._last = None, None, key
             if self._bar is not None:
                 self._bar.update(it.cost)
-                self._bar.set_postfix_str(self.status_text(), refresh=True)
+                self._bar.set_description_str(self.status_text(), refresh=True)
             elif dt > self.refresh:
                 self.say(
                     f"[{self.percent():3.0f}%] {it.label}: {dt:.1f} s; ETA {format_seconds(self.remaining())}"
@@ -176,7 +178,7 @@ class Progress:
     def _tick(self):
         while not self._stop.wait(self.refresh):
             try:
-                self._bar.set_postfix_str(self.status_text(), refresh=True)
+                self._bar.set_description_str(self.status_text(), refresh=True)
             except Exception:  # noqa: BLE001 - a display refresh must never break the run
                 pass
 

@@ -46,7 +46,7 @@ def estimate_text(items, gflops: float, threads: int) -> str:
     parts = ", ".join(f"{k} {format_seconds(v)}" for k, v in phases.items())
     return (
         f"expected duration ≈ {format_seconds(total)} on this machine ({threads} threads, "
-        f"{gflops:.0f} GFLOP/s float64 matmul measured now; ±50%, refined as the run goes): {parts}"
+        f"{gflops:.0f} GFLOP/s single-thread float64 matmul measured now; ±50%, refined as the run goes): {parts}"
     )
 
 
