@@ -47,15 +47,21 @@ class Progress:
     refresh : float
     clock : callable
         Returns seconds (tests pass a fake clock).
+    before_item : callable, optional
+        Called before each item; its return value (the threads in force) is recorded.
     """
 
-    def __init__(self, items, *, bars=True, say=print, refresh: float = 2.0, clock=time.perf_counter):
+    def __init__(
+        self, items, *, bars=True, say=print, refresh: float = 2.0, clock=time.perf_counter, before_item=None
+    ):
         self.items = {it.key: it for it in items}
         if len(self.items) != len(items):
             raise ValueError("items: keys must be unique")
         self.order = [it.key for it in items]
         self.say, self.clock, self.refresh = say, clock, refresh
         self.done: dict = {}  # key -> measured seconds
+        self.threads: dict = {}  # key -> what before_item returned
+        self.before_item = before_item
         self.current = None
         self._last = None  # the label shown between two items
         self._t_item = None
@@ -121,6 +127,8 @@ class Progress:
             self._phase = it.phase
             if self._bar is None:
                 self.say(f"[{self.percent():3.0f}%] {it.phase}: {self.status_text_for(key)}")
+        if self.before_item is not None:
+            self.threads[key] = self.before_item()
         self.current, self._t_item = key, self.clock()
         if self._bar is not None:
             self._bar.set_description_str(self.status_text(), refresh=True)
@@ -164,6 +172,7 @@ class Progress:
                 "item": self.items[k].label,
                 "expected_seconds": self.items[k].cost,
                 "seconds": self.done.get(k, float("nan")),
+                "threads": self.threads.get(k, ""),
             }
             for k in self.order
         ]

@@ -142,8 +142,11 @@ def write_report(
     L = ["# invhvp validation report\n"]
     L.append(
         f"Command: `{command}` — wall time {runinfo['wall_seconds']:.1f} s (expected before the start: "
-        f"{runinfo['expected_seconds']:.0f} s). Device: {runinfo['device']}; {runinfo['threads']} compute "
-        "threads for torch and every BLAS/OpenMP pool (`--threads`).\n"
+        f"{runinfo['expected_seconds']:.0f} s). Device: {runinfo['device']}. Compute threads for torch and "
+        f"every BLAS/OpenMP pool (`--threads`): at most {runinfo['threads']}, "
+        f"{runinfo.get('threads_mode', 'fixed')}"
+        + (f"; counts used: {runinfo['thread_counts_used']}" if runinfo.get("thread_counts_used") else "")
+        + ".\n"
     )
     L.append(
         "**Sign convention.** Influence values are `I(z_t, z_i) = − Σ_l g_{t,l}ᵀ (G_l + λ_l I)⁻¹ g_{i,l}`: "

@@ -119,20 +119,21 @@ def run_validation(
 
     t0 = time.perf_counter()
     threads = cfg.threads or physical_cores()
-    with limit_threads(threads) as pools:
+    with limit_threads(threads, adaptive=cfg.threads is None) as lim:
         methods = default_methods(quick=cfg.lissa_quick, lissa_budget=cfg.lissa_budget)
         gflops = machine_gflops()
         items = build_plan(cfg, methods, gflops)
         expected = sum(it.cost for it in items)
+        mode = f"auto: up to {threads}, now {lim.current}" if lim.adaptive else "fixed"
         head = (
-            f"[invhvp validate] mode={cfg.mode} seed={cfg.seed} threads={threads} "
+            f"[invhvp validate] mode={cfg.mode} seed={cfg.seed} threads={threads} ({mode}) "
             f"device={cfg.device or 'cpu (numpy solves)'} out={out}"
         )
         echo(head)
         echo(estimate_text(items, gflops, threads))
         if estimate_only:
             return {"expected_seconds": expected, "items": items}
-        run = {"cfg": cfg, "threads": threads, "pools": pools, "gflops": gflops, "expected": expected}
+        run = {"cfg": cfg, "threads": threads, "limit": lim, "gflops": gflops, "expected": expected}
         return _run(run, methods, items, Path(out), command, echo, bars, t0)
 
 
@@ -145,7 +146,7 @@ def _run(run, methods, items, out, command, echo, bars, t0):
     cfg = run["cfg"]
     out.mkdir(parents=True, exist_ok=True)
     notes = _notes(cfg)
-    prog = Progress(items, bars=bars, say=echo)
+    prog = Progress(items, bars=bars, say=echo, before_item=run["limit"].adapt)
 
     def say(msg):
         if prog._bar is not None:
@@ -219,7 +220,13 @@ def _run(run, methods, items, out, command, echo, bars, t0):
     wall = time.perf_counter() - t0
     runinfo = {
         "threads": run["threads"],
-        "thread_pools": run["pools"],
+        "threads_mode": (
+            "auto: the physical cores less the other processes' runnable threads, re-checked before each item"
+            if run["limit"].adaptive
+            else "fixed (--threads)"
+        ),
+        "thread_counts_used": run["limit"].changes,
+        "thread_pools": run["limit"].report,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default: spin, then sleep)"),
         "device": cfg.device or "cpu (numpy solves; gradients with torch on the CPU)",
         "gflops_float64": run["gflops"],
