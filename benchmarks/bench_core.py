@@ -7,14 +7,19 @@ Run from this directory (offline, in the current environment)::
 ``time_*`` is wall time, ``peakmem_*`` peak resident memory of the benchmark process,
 ``track_*`` the relative error ``‖x − x*‖/‖x*‖`` against a reference computed
 independently of invhvp (``numpy.linalg.solve`` or an SVD of the factor).
-Sizes are modest so that the suite runs in a few minutes on a 2-core CPU.
+Sizes are modest so that the suite runs in a few minutes on a 2-core CPU;
+``INVHVP_ASV_SIZES=small`` (the history run, benchmarks/README.md) keeps the small sizes only.
 """
+
+import os
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
 import invhvp as ih
+
+SMALL = os.environ.get("INVHVP_ASV_SIZES") == "small"
 
 
 def _rng(seed=0):
@@ -77,7 +82,7 @@ class ExactLowRank:
     Dense Cholesky at d = 20000 (a 3.2 GB matrix, ~3·10¹² flops) is skipped.
     """
 
-    params = ([50, 200, 1000], [2000, 20000], ["woodbury", "cholesky"])
+    params = ([50, 200], [2000], ["woodbury", "cholesky"]) if SMALL else ([50, 200, 1000], [2000, 20000], ["woodbury", "cholesky"])
     param_names = ["n", "d", "method"]
     timeout = 300
 
@@ -109,7 +114,7 @@ class ExactLowRank:
 class ExactDense:
     """Cholesky on Dense SPD."""
 
-    params = [500, 2000]
+    params = [500] if SMALL else [500, 2000]
     param_names = ["d"]
 
     def setup(self, d):
@@ -118,6 +123,9 @@ class ExactDense:
         self.op = ih.Dense(self.M)
 
     def time_cholesky(self, d):
+        ih.solve(self.op, self.B, ih.Exact(), damping=0.05)
+
+    def peakmem_cholesky(self, d):
         ih.solve(self.op, self.B, ih.Exact(), damping=0.05)
 
     def track_relerr(self, d):

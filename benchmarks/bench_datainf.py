@@ -13,12 +13,17 @@ shapes, the lower bound DataInf is compared with (see ``datainf_ratio.py`` for t
 4-block ratio reported in README.md).
 """
 
+import os
+
 import numpy as np
 
 import invhvp as ih
 
-N = 4096
-M = 256
+#: ``INVHVP_ASV_SIZES=small`` (the history run, benchmarks/README.md): n = 1024, d_l = 4096, m = 64.
+SMALL = os.environ.get("INVHVP_ASV_SIZES") == "small"
+N = 1024 if SMALL else 4096
+M = 64 if SMALL else 256
+DIMS = [4096] if SMALL else [8192, 32768]
 
 
 def _data(d, k, seed=0):
@@ -31,7 +36,7 @@ def _data(d, k, seed=0):
 class DataInfApply:
     """``solve(LowRankPlusIdentity(U), B, DataInf())``: R B with k right-hand sides (2 products)."""
 
-    params = ([8192, 32768], [1, 64])
+    params = (DIMS, [1, 64])
     param_names = ["d_l", "k"]
     timeout = 300
 
@@ -51,11 +56,21 @@ class DataInfApply:
     def time_products(self, d, k):
         self.U.T @ (self.U @ self.B)
 
+    def track_rel_error_vs_float64(self, d, k):
+        """float32 DataInf against the same formula evaluated in float64 (rounding, not the approximation)."""
+        x = ih.solve(self.op, self.B, ih.DataInf(), damping=self.lam).x
+        U, B = self.U.astype(np.float64), self.B.astype(np.float64)
+        op = ih.LowRankPlusIdentity(U)
+        ref = ih.solve(op, B, ih.DataInf(), damping=float(self.lam)).x
+        return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
+
+    track_rel_error_vs_float64.unit = "relative error"
+
 
 class DataInfInfluence:
     """Full ``m×n`` influence matrix (m = 256 test, n = 4096 train) on one block: 3 products."""
 
-    params = [8192, 32768]
+    params = DIMS
     param_names = ["d_l"]
     timeout = 300
 
@@ -77,7 +92,7 @@ class DataInfInfluence:
 class DataInfSelfInfluence:
     """Self-influence of n = 1024 points without the n×n matrix: Gram rows in chunks (n²d)."""
 
-    params = [8192, 32768]
+    params = DIMS
     param_names = ["d_l"]
 
     def setup(self, d):
@@ -105,6 +120,9 @@ class Certificates:
         ih.bounds.datainf_certificates(self.U, self.lam, full=False)
 
     def time_full(self, d):
+        ih.bounds.datainf_certificates(self.U, self.lam, full=True)
+
+    def peakmem_full(self, d):
         ih.bounds.datainf_certificates(self.U, self.lam, full=True)
 
     def track_certificate_over_true_error(self, d):

@@ -1,6 +1,6 @@
 """Per-sample gradient throughput and memory: hooks and vmap engines, the default, bare vmap(grad).
 
-Plain script (not an asv suite)::
+A plain script (asv runs only :class:`DigitsGradients`, a small digits-f64 case)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_gradients.py                  # all settings
     python benchmarks/bench_gradients.py --settings digits-f64 minilm-64 --repeats 7
@@ -198,6 +198,34 @@ def build(name, args):
         T = int(m.group(1))
         return setting_minilm(args.minilm_n if T < 256 else args.minilm_n_long, T)
     raise SystemExit(f"unknown setting {name!r}")
+
+
+class DigitsGradients:
+    """asv: ``per_sample_gradients`` (default engine) against bare ``vmap(grad)``, digits-f64, n = 256."""
+
+    timeout = 300
+
+    def setup(self):
+        torch.set_num_threads(1)
+        _, self.methods = setting_digits_f64(256)
+
+    def time_default(self):
+        self.methods["default"]()
+
+    def time_bare(self):
+        self.methods["bare"]()
+
+    def peakmem_default(self):
+        self.methods["default"]()
+
+    def track_max_rel_diff_vs_bare(self):
+        g = self.methods["default"]()
+        ref = self.methods["bare"]()
+        ref = torch.cat([v.reshape(v.shape[0], -1) for v in ref.values()], dim=1)
+        got = torch.cat([b.reshape(b.shape[0], -1) for b in g], dim=1)
+        return float((got - ref).abs().max() / ref.abs().max())
+
+    track_max_rel_diff_vs_bare.unit = "relative difference"
 
 
 # ---------------------------------------------------------------------- measurement

@@ -23,7 +23,9 @@ import numpy as np
 
 import invhvp as ih
 
-N, D, BLOCKS, K = 2000, 3072, 4, 64
+#: ``INVHVP_ASV_SIZES=small`` (the history run, benchmarks/README.md): n = 500, d_l = 1024, 2 blocks.
+SMALL = os.environ.get("INVHVP_ASV_SIZES") == "small"
+N, D, BLOCKS, K = (500, 1024, 2, 64) if SMALL else (2000, 3072, 4, 64)
 
 
 def problem(seed=0, n=N, d=D, blocks=BLOCKS, k=K, dtype=np.float32):
@@ -56,8 +58,19 @@ class Reuse:
     def time_second_solve(self):
         self.inv.solve(self.b2)
 
+    def peakmem_second_solve(self):
+        self.inv.solve(self.b2)
+
     def track_second_solve_status_ok(self):
         return float(self.inv.solve(self.b2).ok)
+
+    def track_second_vs_fresh_rel_diff(self):
+        """The reused factorization against a fresh solve (should be rounding only)."""
+        a = self.inv.solve(self.b2).x
+        b = ih.solve(self.op, self.b2, ih.Exact(), damping=self.lam).x
+        return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+    track_second_vs_fresh_rel_diff.unit = "relative difference"
 
 
 def main(argv=None):

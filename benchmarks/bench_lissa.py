@@ -32,6 +32,9 @@ class Estimators:
     def time_estimate(self, method):
         self._run(method)
 
+    def peakmem_estimate(self, method):
+        self._run(method)
+
     def track_rel_error(self, method):
         est = self._run(method)
         true = self.true_lmax if method in ("lanczos", "power") else self.true_tr
@@ -64,6 +67,9 @@ class LiSSASolve:
         return ih.solve(self.op, self.v, self.solvers[config], damping=self.lam, on_failure="ignore")
 
     def time_solve(self, config):
+        self._solve(config)
+
+    def peakmem_solve(self, config):
         self._solve(config)
 
     def track_n_matvec(self, config):

@@ -1,6 +1,6 @@
 """Streaming influence at n = 10⁶ (issue 12): ``invhvp.scale.influence_scores`` on an on-disk store.
 
-Not an asv benchmark (it needs gigabytes on disk); run it as a script from the repository root::
+The n = 10⁶ study needs gigabytes on disk: run it as a script from the repository root::
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_scale --path /tmp/scale_store             # 10⁶ × 2 × 256
     OMP_NUM_THREADS=1 python -m benchmarks.bench_scale --path /tmp/scale_store --blocks 4 --d 512
@@ -19,6 +19,9 @@ reports for DataInf and Exact (m = 8 test points, top-10, default damping):
 
 The store is deleted at the end unless ``--keep``.  Results go to stdout (a Markdown table) and
 to ``--json``.
+
+asv: :class:`StreamingScores` runs the same path on a small store (n = 20 000, 2 blocks of 256,
+48 MiB in a temporary directory) for the history run.
 """
 
 from __future__ import annotations
@@ -159,6 +162,46 @@ def run(st, T, solver, cold, **kw):
         res = ih.scale.influence_scores(st, T, solver, k=10, **kw)
         seconds = time.perf_counter() - t0
     return res, seconds, mem.extra
+
+
+class StreamingScores:
+    """asv: ``influence_scores`` streaming a small on-disk store, against the in-memory influence."""
+
+    params = (["datainf", "exact"],)
+    param_names = ["solver"]
+    timeout = 300
+
+    def setup(self, solver):
+        import tempfile
+
+        self.tmp = tempfile.mkdtemp(prefix="invhvp-asv-store-")
+        make_store(os.path.join(self.tmp, "s"), 20_000, 2, 256, chunk=5_000)
+        self.st = ih.GradientStore.open(os.path.join(self.tmp, "s"))
+        self.T = [np.random.default_rng(1).standard_normal((8, 256)).astype(np.float32) for _ in range(2)]
+
+    def teardown(self, solver):
+        self.st.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _scores(self, solver):
+        return ih.scale.influence_scores(self.st, self.T, solver, k=10)
+
+    def time_scores(self, solver):
+        self._scores(solver)
+
+    def peakmem_scores(self, solver):
+        self._scores(solver)
+
+    def track_rel_error_vs_in_memory(self, solver):
+        """Average influence from the stream against ``influence_matrix`` on the rows in memory (float32 rounding)."""
+        res = self._scores(solver)
+        U = [np.asarray(b, dtype=np.float64) for b in self.st]  # 20 000 × 256 per block: fits in memory
+        T = [t.astype(np.float64) for t in self.T]
+        ref = ih.average_influence(U, T, ih.Exact() if solver == "exact" else ih.DataInf(), damping=list(res.damping))
+        ref = np.asarray(ref)
+        return float(np.linalg.norm(np.asarray(res.average) - ref) / np.linalg.norm(ref))
+
+    track_rel_error_vs_in_memory.unit = "relative error"
 
 
 def main(argv=None):
