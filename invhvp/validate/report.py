@@ -170,9 +170,9 @@ def write_report(
     L.append("")
     L.append("## Approximation error, mislabel detection and runtime\n")
     qs = {r["setting"]: r.get("n_queries", n_queries) for r in rows}
-    timed = ", ".join(
-        f"{q} queries actually timed ({s}: the average test gradient and {q - 1} test points)"
-        for s, q in qs.items()
+    timed = "queries actually timed, " + ", ".join(f"{q} for {s}" for s, q in qs.items())
+    timed += (
+        " (the average test gradient and the first test points, each query against all n training points)"
     )
     L.append(
         "`pearson`/`spearman`: correlation of each method's average-over-test influence scores with "

@@ -310,13 +310,18 @@ def _setting_info(problems, setting):
         "n_test": ps[0].n_test,
         "flipped": int(ps[0].flipped.sum()),
         "blocks": len(ps[0].block_sizes),
-        "block dims (largest rank)": max(ps, key=lambda p: p.rank).block_sizes,
+        "block dims (largest rank)": _dims(max(ps, key=lambda p: p.rank).block_sizes),
     }
     for k in ("test_accuracy", "train_accuracy_clean_labels", "setup_seconds"):
         vals = [p.info[k] for p in ps if k in p.info]
         if vals:
             info[f"{k} (per rank)"] = [round(v, 3) for v in vals]
     return info
+
+
+def _dims(sizes):
+    """``"24 × 3072"`` when every block has the same size, else the list."""
+    return f"{len(sizes)} × {sizes[0]}" if len(set(sizes)) == 1 else sizes
 
 
 def _jsonable(d):
