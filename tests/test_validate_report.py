@@ -229,3 +229,27 @@ def test_hessian_study_wording_says_estimate_and_lambda_eff():
     assert "λ_eff = 0.270" in text and "B* is an estimate" in text
     gram = lissa_paragraph({**meta, "lambda_min": 0.0, "sigma1_sq_source": "exact (n×n eigenproblem)"})
     assert "σ₁² = 12.000 (exact" in gram and "λ_eff" not in gram and "B* = ησ₁²/(λ(2 − ηλ))" in gram
+
+
+def test_torch_device_path_matches_numpy_and_is_recorded():
+    import numpy as np
+
+    from invhvp.validate.methods import default_damping, default_methods, run_method
+    from invhvp.validate.problem import InfluenceProblem
+    from invhvp.validate.runner import _device_text
+
+    rng = np.random.default_rng(0)
+    prob = InfluenceProblem(
+        "toy",
+        1,
+        [rng.standard_normal((30, 12)) for _ in range(2)],
+        [rng.standard_normal((5, 12)) for _ in range(2)],
+        np.zeros(30, bool),
+        ["a", "b"],
+    )
+    lam = default_damping(prob.train_grads)
+    for m in (m for m in default_methods() if m.name in ("exact", "cg", "datainf")):
+        a = run_method(prob, m, lam, device=None, n_pairs=3)
+        b = run_method(prob, m, lam, device="cpu", n_pairs=3)  # --device torch-cpu: the cuda code path
+        assert a.status == b.status == "ok" and np.allclose(a.influence, b.influence, rtol=1e-8, atol=1e-12)
+    assert "numpy solves" in _device_text(None) and "torch float64" in _device_text("cpu")

@@ -131,6 +131,8 @@ def run_validation(
         )
         echo(head)
         echo(estimate_text(items, gflops, threads))
+        if cfg.device and str(cfg.device).startswith("cuda"):
+            echo("(the cost model describes this CPU; on the GPU the gradients and solves will be faster)")
         if estimate_only:
             return {"expected_seconds": expected, "items": items}
         run = {"cfg": cfg, "threads": threads, "limit": lim, "gflops": gflops, "expected": expected}
@@ -228,7 +230,7 @@ def _run(run, methods, items, out, command, echo, bars, t0):
         "thread_counts_used": run["limit"].changes,
         "thread_pools": run["limit"].report,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default: spin, then sleep)"),
-        "device": cfg.device or "cpu (numpy solves; gradients with torch on the CPU)",
+        "device": _device_text(cfg.device),
         "gflops_float64": run["gflops"],
         "expected_seconds": run["expected"],
         "wall_seconds": wall,
@@ -317,6 +319,21 @@ def _setting_info(problems, setting):
         if vals:
             info[f"{k} (per rank)"] = [round(v, 3) for v in vals]
     return info
+
+
+def _device_text(device) -> str:
+    """Where the run computed, for the report: the device and, for CUDA, its name."""
+    if device is None:
+        return "cpu (numpy solves; gradients with torch on the CPU)"
+    text = f"{device} (torch float64: gradients and solves; the theory studies run on the CPU)"
+    if str(device).startswith("cuda"):
+        try:
+            import torch
+
+            text += f", {torch.cuda.get_device_name(torch.device(device))}"
+        except Exception:  # noqa: BLE001 - the name is a nicety
+            pass
+    return text
 
 
 def _dims(sizes):
