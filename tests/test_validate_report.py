@@ -253,3 +253,29 @@ def test_torch_device_path_matches_numpy_and_is_recorded():
         b = run_method(prob, m, lam, device="cpu", n_pairs=3)  # --device torch-cpu: the cuda code path
         assert a.status == b.status == "ok" and np.allclose(a.influence, b.influence, rtol=1e-8, atol=1e-12)
     assert "numpy solves" in _device_text(None) and "torch float64" in _device_text("cpu")
+
+
+def test_hessian_study_below_the_lower_end_says_indefinite():
+    from invhvp.validate.report_theory import lissa_paragraph
+
+    meta = {
+        "setting": "digits-hessian",
+        "rank": 1,
+        "block": "all",
+        "d": 704,
+        "n": 500,
+        "damping": 19.3,
+        "default_damping": 0.098,
+        "default_threshold": float("inf"),
+        "lambda_max": 191.0,
+        "lambda_min": -0.42,
+        "step": 0.005,
+        "steps": 300,
+        "sigma1_sq": 9e4,
+        "sigma1_sq_trace_bound": 3e5,
+        "sigma1_sq_source": "Lanczos (20 steps)",
+        "threshold": 12.0,
+        "threshold_trace_bound": 41.7,
+    }
+    text = lissa_paragraph(meta)
+    assert "H + λI is indefinite (λ + λ_min ≤ 0)" in text and "B* = inf" not in text

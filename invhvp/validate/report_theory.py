@@ -107,9 +107,18 @@ def lissa_paragraph(m) -> str:
         head += f", {sigma}. The predicted threshold is B* = ησ₁²/(λ(2 − ηλ)) with the step η = 1/(λ_max + λ)"
         lam_txt = f"λ = {_fmt(m['damping'])}"
     est = "" if exact_sigma else " (σ₁² estimated, so B* is an estimate too)"
+    if lmin < 0 and m["default_damping"] + lmin <= 0:
+        at_default = (
+            f"At the default damping λ = {_fmt(m['default_damping'])}, H + λI is indefinite (λ + λ_min ≤ 0): "
+            "no step converges and there is no threshold"
+        )
+    else:
+        at_default = (
+            f"At the default damping λ = {_fmt(m['default_damping'])} the predicted threshold is "
+            f"B* = {_fmt(m['default_threshold'])} (n = {m['n']})"
+        )
     return (
-        head + f". At the default damping λ = {_fmt(m['default_damping'])} the predicted threshold is "
-        f"B* = {_fmt(m['default_threshold'])} (n = {m['n']}), so this study sets {lam_txt}, where "
+        head + f". {at_default}, so this study sets {lam_txt}, where "
         f"B* = {_fmt(m['threshold'])}{est} (with the trace {'bound' if exact_sigma else 'estimate'}: "
         f"{_fmt(m['threshold_trace_bound'])}); η = {_fmt(m['step'])}, T = {m['steps']} steps. Runs the "
         "solver reported as diverged count as `inf` (× at the top of the plot). The threshold comes from a "
