@@ -112,9 +112,11 @@ class Progress:
         return left
 
     def elapsed(self) -> float:
+        """Seconds since the progress started."""
         return self.clock() - self.t0
 
     def status_text(self) -> str:
+        """The current (or last) item, the elapsed time and the calibrated ETA, for the bar."""
         key = self.current if self.current is not None else self._last
         label = self.items[key].label if key is not None else "starting"
         return f"{label} | {format_seconds(self.elapsed())} elapsed, ETA {format_seconds(self.remaining())}"
@@ -157,9 +159,11 @@ class Progress:
                 self._bar.refresh()
 
     def status_text_for(self, key) -> str:
+        """``key``'s label with the elapsed time and the ETA, for the line printed without a bar."""
         return f"{self.items[key].label} (elapsed {format_seconds(self.elapsed())}, ETA {format_seconds(self.remaining())})"
 
     def percent(self) -> float:
+        """Expected cost of the finished items, in percent of the total."""
         total = sum(self.items[k].cost for k in self.order)
         done = sum(self.items[k].cost for k in self.done)
         return 100.0 * done / total if total > 0 else 100.0
@@ -178,6 +182,7 @@ class Progress:
         ]
 
     def close(self):
+        """Stop the refresh thread and close the bar."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
