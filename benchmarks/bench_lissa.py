@@ -77,8 +77,9 @@ class LiSSASolve:
 
     def track_rel_error(self, config):
         res = self._solve(config)
-        return float(np.linalg.norm(res.x - self.xs) / np.linalg.norm(self.xs))
+        err = float(np.linalg.norm(res.x - self.xs) / np.linalg.norm(self.xs))
+        return err if np.isfinite(err) else float("nan")  # a diverged run: asv cannot publish inf
 
     def track_predicted_bound(self, config):
         p = self._solve(config).info.get("plan", {}).get("predicted_error")
-        return float("nan") if p is None else float(p)
+        return float(p) if p is not None and np.isfinite(p) else float("nan")  # asv cannot publish inf

@@ -69,8 +69,10 @@ class EverySolver:
         self._solve()
 
     def track_rel_error(self, solver):
+        """NaN when the solver returned non-finite values: asv's step detection cannot take inf."""
         x = self._solve().x
-        return float(np.linalg.norm(x - self.xs) / np.linalg.norm(self.xs))
+        err = float(np.linalg.norm(x - self.xs) / np.linalg.norm(self.xs))
+        return err if np.isfinite(err) else float("nan")
 
     track_rel_error.unit = "relative error"
 
