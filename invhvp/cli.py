@@ -96,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="compute threads of torch and of every BLAS/OpenMP pool, for the whole run "
-        f"(default: the physical cores, here {physical_cores()})",
+        help="compute threads of torch and of every BLAS/OpenMP pool, for the whole run (default: the "
+        f"physical cores, here {physical_cores()}, less the other processes' runnable threads, re-checked "
+        "before each item)",
     )
     v.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     v.add_argument(
