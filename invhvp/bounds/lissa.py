@@ -10,7 +10,7 @@ for every ``γ > 0`` and ``ρ = (1 − ηλ)² + (1 + γ) η² σ_B² < 1``
 
 .. math:: \frac{E\|u_T - u^*\|^2}{\|u^*\|^2} \le \rho^T + \frac{(1 + 1/γ)\,η^2 σ_B^2}{1 - ρ}.
 
-**Preconditioned** (docs/theory_preconditioning.md): ``u_t = u_{t-1} − ηP⁻¹(H̃_t u_{t-1} + λu_{t-1} − v)``
+**Preconditioned** (docs/theory.md §8.6–8.11): ``u_t = u_{t-1} − ηP⁻¹(H̃_t u_{t-1} + λu_{t-1} − v)``
 with ``I ⪯ P ⪯ κ_P I``, ``m <= λ_min(M)``, ``λ_max(M) <= L_M`` for ``M = P^{-1/2}(H + λI)P^{-1/2}``
 and ``η <= 1/L_M``: the same bound with ``λ → m``, ``λ_max + λ → L_M`` and the first term
 weighted by ``κ_P`` (``weight``), ``σ_B²`` unchanged:
@@ -93,7 +93,7 @@ def lissa_error_bound(step, damping, lambda_max, sigma1_sq, batch_size, steps, *
     weight : float, default 1
         ``κ_P = λ_max(P)/λ_min(P)`` for preconditioned LiSSA: the bound becomes
         ``κ_P ρ^T + noise`` with ``λ``, ``λ_max`` and ``σ₁²`` those of the preconditioned
-        system (docs/theory_preconditioning.md).
+        system (docs/theory.md §8.6–8.11).
 
     Returns
     -------

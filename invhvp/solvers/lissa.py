@@ -46,7 +46,7 @@ class LiSSA(Solver):
     is ``<= rtol`` within ``max_matvec`` products per column (:func:`invhvp.bounds.plan_lissa`).
     Explicit ``step``/``batch_size``/``steps`` are evaluated against the same bound.
 
-    **Preconditioned** (docs/theory_preconditioning.md):
+    **Preconditioned** (docs/theory.md §8.6–8.11):
     ``u_t = u_{t−1} − ηP⁻¹(Ã_t u_{t−1} + λu_{t−1} − v)`` with the Nyström preconditioner
     ``P`` (:class:`~invhvp.NystromPreconditioner`).  It is plain LiSSA on
     ``M = P^{-1/2}(A + λI)P^{-1/2}`` in ``w = P^{1/2}u``: the step bound becomes

@@ -1,6 +1,6 @@
 r"""LiSSA's one-time work: lower end, estimates, the plain and the preconditioned plan, the choice.
 
-Order (docs/theory.md §5, docs/theory_preconditioning.md):
+Order (docs/theory.md §5, docs/theory.md §8.6–8.11):
 
 1. The lower end ``s`` of the spectrum: ``op.eig_lower()`` for a PSD operator; for an
    indefinite one (``psd=False``, e.g. a Hessian) a Lanczos estimate with a margin

@@ -5,7 +5,7 @@ With ``H = A − sI ⪰ 0`` (``s = op.eig_lower()``), ``μ = s + λ`` and ``Ĥ =
 
 .. math:: x = (\hat H + μI)^{-1} b = V(\hat Λ + μI)^{-1}V^T b + \frac{1}{μ}(I − VV^T)\,b .
 
-Error (docs/theory_preconditioning.md): ``x − x* = (H + μI)⁻¹ r`` with the true residual
+Error (docs/theory.md §8.6–8.11): ``x − x* = (H + μI)⁻¹ r`` with the true residual
 ``r = b − (A + λI)x``, and ``Ĥ + (μ − ν)I ⪯ H + μI`` gives the a-posteriori bound
 
 .. math:: \|x − x^*\| \le \sqrt{r^T(\hat H + (μ − ν)I)^{-1} r\,/\,μ} =: β,
