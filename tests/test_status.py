@@ -360,3 +360,20 @@ def test_solution_underflowing_float32_is_not_success():
     for solver in (ih.LiSSA(rng=0), ih.Exact()):
         res = ih.solve(ih.Dense(A), b, solver, damping=1e21, on_failure="ignore")
         assert res.status is not Status.SUCCESS
+
+
+def test_float32_exact_error_is_measured_by_refinement_and_bounds_the_true_error():
+    rng = np.random.default_rng(30)
+    n, d = 300, 120
+    U = ((rng.standard_normal((n, 40)) * np.geomspace(1, 1e-2, 40)) @ rng.standard_normal((40, d))).astype(np.float32)
+    op = ih.LowRankPlusIdentity(U)
+    lam = float(ih.default_damping(op))
+    B = rng.standard_normal((d, 4)).astype(np.float32)
+    res = ih.solve(op, B, ih.Exact(), damping=lam)
+    assert res.info["error_estimate_method"].startswith("float64 residual")
+    U64 = U.astype(np.float64)
+    X64 = np.linalg.solve(U64.T @ U64 / n + lam * np.eye(d), B.astype(np.float64))
+    err = np.linalg.norm(res.x - X64, axis=0) / np.linalg.norm(res.x, axis=0)
+    assert np.all(err <= res.info["error_estimate"])
+    # the measured estimate is far below the worst case u·κ on this problem
+    assert np.max(res.info["error_estimate"]) < 0.1 * res.info["predicted_error"]

@@ -130,6 +130,14 @@ class Operator(abc.ABC):
             "with invhvp.lambda_max(op, method='lanczos')"
         )
 
+    def matmat64(self, V64):
+        """``A V`` computed in float64 from structure (``V64`` float64, ``(d, k)``), or ``None``.
+
+        Used to estimate the forward error of float32 solves (docs/theory.md §7.3): a residual
+        in float64 and one correction with the float32 factor.  ``None``: not available.
+        """
+        return None
+
     def norm_bound(self) -> float | None:
         """A cheap upper bound on ``‖A‖₂`` (``None`` when none is known without products)."""
         return None

@@ -77,6 +77,13 @@ class Dense(Operator):
         ev = eigvalsh_host(self._xp, self.matrix)
         return Spectrum(ev, np.ones_like(ev), rounding_allowance(ev, self._size, self._dtype))
 
+    def matmat64(self, V64):
+        from .._arrays import row_chunks, rows_per_chunk
+
+        xp = self._xp
+        parts = [xp.astype(self.matrix[sl, :], xp.float64) @ V64 for sl in row_chunks(self._size, rows_per_chunk(self._size))]
+        return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+
     def norm_bound(self) -> float:
         # ‖A‖₂ <= ‖A‖_F, accumulated in float64 so float32 entries cannot overflow
         from .._arrays import col_norms64

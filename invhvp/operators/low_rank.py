@@ -81,6 +81,18 @@ class LowRankPlusIdentity(Operator):
     def trace(self) -> float:
         return self.shift * self._size + self.scale * float(self._xp.sum(row_sq_norms(self.factor, dtype=self._xp.float64)))
 
+    def matmat64(self, V64):
+        from .._arrays import row_chunks, rows_per_chunk
+
+        xp, U = self._xp, self.factor
+        acc = None
+        for sl in row_chunks(self.n_rows, rows_per_chunk(self._size)):
+            Uc = xp.astype(U[sl, :], xp.float64)
+            term = Uc.T @ (Uc @ V64)
+            acc = term if acc is None else acc + term
+        out = self.scale * acc
+        return out + self.shift * V64 if self.shift != 0.0 else out
+
     def norm_bound(self) -> float:
         # ‖sUᵀU‖₂ <= s‖U‖_F², in float64
         return self.shift + self.scale * float(np.sum(col_norms64(self.factor.T) ** 2))
