@@ -377,3 +377,21 @@ def test_float32_exact_error_is_measured_by_refinement_and_bounds_the_true_error
     assert np.all(err <= res.info["error_estimate"])
     # the measured estimate is far below the worst case u·κ on this problem
     assert np.max(res.info["error_estimate"]) < 0.5 * res.info["predicted_error"]
+
+
+def test_exact_float32_closed_forms_carry_the_measured_status():
+    """influence_matrix / self_influence (no residual check) report what inv.solve reports."""
+    rng = np.random.default_rng(0)
+    n, d = 400, 60
+    Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    U = (rng.standard_normal((n, d)) @ np.diag(np.logspace(0, -3.2, d)) @ Q.T).astype(np.float32)
+    T = rng.standard_normal((5, d)).astype(np.float32)
+    S, lam = ih.Exact(rtol=1e-4), 3e-6
+    inv = ih.inverse(ih.LowRankPlusIdentity(U), S, damping=lam, on_failure="ignore")
+    assert inv.solve(T.T).status is Status.INACCURATE
+    _, rr = ih.influence_matrix(U, T, S, damping=lam, return_results=True, on_failure="ignore")
+    assert Status.INACCURATE in {r.status for r in rr}  # was {SUCCESS}
+    _, rs = ih.self_influence(U, S, damping=lam, return_results=True, on_failure="ignore")
+    assert Status.INACCURATE in {r.status for r in rs}
+    with pytest.raises(ConvergenceError):
+        ih.influence_matrix(U, T, S, damping=lam)

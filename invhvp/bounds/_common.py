@@ -31,3 +31,8 @@ def _gram64(xp, U):
 
 def _eye64(xp, r, like):
     return xp.eye(r, dtype=xp.float64, device=Bk.device_of(like))
+
+
+def datainf_weights(sq_norms, lam: float, scale: float, n_total: int):
+    """Row weights ``w_i = s/(λ + n s‖u_i‖²)`` from squared row norms (any subset of the rows)."""
+    return scale / (lam + (n_total * scale) * sq_norms)

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import _backend as Bk
 from .._arrays import CHUNK_ELEMENTS, as_generator, gram64, random_matrix, row_chunks
+from ._common import datainf_weights
 
 EPS64 = 2.0**-52
 
@@ -81,7 +82,7 @@ def small_side(U, s: float, lam: float) -> SmallSide:
         M = xp.zeros((d, d), dtype=xp.float64, device=dev)
         for sl in row_chunks(n, max(1, CHUNK_ELEMENTS // max(d, 1))):
             V = xp.astype(U[sl, :], xp.float64)
-            w = s / (lam + (n * s) * xp.sum(V * V, axis=1))
+            w = datainf_weights(xp.sum(V * V, axis=1), lam, s, n)
             A = A + s * (V.T @ V)
             M = M + V.T @ (w[:, None] * V)
         length, r = n, d

@@ -158,4 +158,11 @@ class LowRankPlusIdentity(Operator):
             rows = self.factor[torch.as_tensor(idx, device=self._device)]
         else:
             rows = self.factor[idx]
-        return LowRankPlusIdentity(rows, shift=self.shift, scale=self.scale * self.n_rows / nb)
+        return self._rows_of(rows, self.scale * self.n_rows / nb)
+
+    def _rows_of(self, rows, scale) -> LowRankPlusIdentity:
+        """An operator over rows of this (already validated) factor: no second pass over the data."""
+        out = object.__new__(LowRankPlusIdentity)
+        out.factor, out.shift, out.scale = rows, self.shift, float(scale)
+        out._xp, out._size, out._dtype, out._device, out._psd = self._xp, self._size, self._dtype, self._device, True
+        return out
