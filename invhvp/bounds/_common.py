@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import _backend as Bk
 from .. import _checks as C
-from .._arrays import gram64, row_sq_norms
+from .._arrays import row_sq_norms
 from ..errors import DampingError
 
 
@@ -22,11 +22,6 @@ def _validate(factor, damping, scale, *, name="factor"):
 def _scaled_norms64(xp, U, n, s):
     """``||g̃_i||² = n·s·||u_i||²`` in float64."""
     return (n * s) * row_sq_norms(U, dtype=xp.float64)
-
-
-def _gram64(xp, U):
-    """``U Uᵀ`` in float64 (see :func:`invhvp._arrays.gram64`)."""
-    return gram64(U)
 
 
 def _eye64(xp, r, like):

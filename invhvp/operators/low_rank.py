@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import _checks as C
-from .._arrays import as_generator, col_norms64, gram64, row_sq_norms
+from .._arrays import as_generator, gram64, row_sq_norms
 from ..errors import OperatorTooLargeError, ShapeError
 from .base import Operator, Spectrum, eigvalsh_host, rounding_allowance
 
@@ -92,10 +92,6 @@ class LowRankPlusIdentity(Operator):
             acc = term if acc is None else acc + term
         out = self.scale * acc
         return out + self.shift * V64 if self.shift != 0.0 else out
-
-    def norm_bound(self) -> float:
-        # ‖sUᵀU‖₂ <= s‖U‖_F², in float64
-        return self.shift + self.scale * float(np.sum(col_norms64(self.factor.T) ** 2))
 
     def eig_lower(self) -> float:
         return self.shift

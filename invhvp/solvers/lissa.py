@@ -98,7 +98,7 @@ class LiSSA(Solver):
     lanczos_steps, n_probes, probe_batch : int
         Estimation effort.
     rng : Generator, int or None
-        Seed of the mini-batch draws and probes.
+        Seed of the mini-batch draws and probes (default 0: reproducible; ``None``: fresh entropy).
     check_every : int, default 10
         Divergence check period (a ``k``-element host sync each time).
     divergence_factor : float, default 10
@@ -134,7 +134,7 @@ class LiSSA(Solver):
     lanczos_steps: int = 30
     n_probes: int = 16
     probe_batch: int = 32
-    rng: Any = None
+    rng: Any = 0
     check_every: int = 10
     divergence_factor: float = 10.0
     callback: Any = None
