@@ -67,7 +67,7 @@ class Exact(Solver):
     >>> import numpy as np, invhvp as ih
     >>> U = np.random.default_rng(0).standard_normal((5, 1000))
     >>> res = ih.solve(ih.LowRankPlusIdentity(U), np.ones(1000), ih.Exact(), damping=0.1)
-    >>> res.info["method"], res.status.value, bool(res.info["error_estimate"][0] < 1e-10)
+    >>> res.info["method"], res.status.value, bool(res.info["error_estimate"] < 1e-10)
     ('woodbury', 'success', True)
     """
 
