@@ -21,9 +21,10 @@ __all__ = ["refined_errors", "SAFETY"]
 SAFETY = 2.0
 
 
-def refined_errors(op, lam: float, apply, B, X, *, max_columns: int = 256) -> np.ndarray | None:
+def refined_errors(op, lam: float, apply, B, X, *, max_columns: int = 256, residuals=None):
     """Estimated relative forward error ``‖x − x*‖/‖x‖`` per column, or ``None`` when ``op`` has no
-    float64 products.  Columns are processed ``max_columns`` at a time."""
+    float64 products.  Columns are processed ``max_columns`` at a time; when ``residuals`` is a
+    list, the float64 residual blocks are appended to it (the solve's check reuses them)."""
     xp = op.xp
     k = int(B.shape[1])
     out = []
@@ -33,6 +34,8 @@ def refined_errors(op, lam: float, apply, B, X, *, max_columns: int = 256) -> np
         if AX is None:
             return None
         R64 = xp.astype(B[:, sl], xp.float64) - (AX + lam * X64)
+        if residuals is not None:
+            residuals.append(R64)
         rn = col_norms64(R64)
         sc = np.where(rn > 0, rn, 1.0)
         scale = xp.asarray(sc, dtype=xp.float64, device=Bk.device_of(B))[None, :]
