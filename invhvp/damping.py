@@ -38,7 +38,7 @@ def _op_mean_eig(op: Operator, what: str) -> float:
 
 def _grads_mean_eig(g, name) -> float:
     xp, n, d = Bk.check_factor(g, name)
-    total = float(xp.sum(row_sq_norms(g)))
+    total = float(xp.sum(row_sq_norms(g, dtype=xp.float64)))  # float32 squares can overflow
     if not math.isfinite(total):
         Bk.check_finite(xp, g, name)  # NaN/inf entries: raise NonFiniteError naming the argument
     return damping_from_sums(total, n, d, 1.0, what=name)

@@ -121,6 +121,12 @@ def _inverse_for(train, solver, damping, damping_factor, on_failure, inv):
 
     if not isinstance(inv, Inverse):
         raise InputError(f"inverse: expected an invhvp.Inverse from gradient_inverse(...), got {type(inv).__name__}")
+    ops = list(inv.operator.blocks) if hasattr(inv.operator, "blocks") else [inv.operator]
+    if len(ops) != len(train) or any(getattr(o, "factor", None) is not g for o, g in zip(ops, train)):
+        raise InputError(
+            "inverse: it was not built from these train_grads (gradient_inverse(train_grads, ...) with the "
+            "same per-block arrays); influence values need the inverse of these gradients' Gram"
+        )
     return inv
 
 

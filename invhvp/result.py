@@ -86,7 +86,8 @@ class SolveResult:
         :class:`~invhvp.Inverse` in ``info["setup_matvec"]``.
     residual_norm : array
         True residual ``‖b − (A + λI)x‖₂`` per column (float64 numpy, shape ``(k,)``; a
-        0-d array for a 1-D right-hand side), or ``None`` when the check was skipped.
+        float64 scalar for a 1-D right-hand side, as every per-column entry of ``info``), or ``None``
+        when the check was skipped.
     info : dict
         Method used and why, chosen hyperparameters, bounds (``error_bound``: an upper
         bound on ``‖x − x*‖`` per column where one is known), ``advice`` when not SUCCESS.

@@ -1,6 +1,6 @@
 """Preconditioned LiSSA (the bound, the plan, the automatic choice) and indefinite operators (CG, LiSSA).
 
-docs/theory_preconditioning.md: with ``I ⪯ P ⪯ κ_P I``, ``m <= λ_min(M)``, ``λ_max(M) <= L_M``
+docs/theory.md §8.6–8.11: with ``I ⪯ P ⪯ κ_P I``, ``m <= λ_min(M)``, ``λ_max(M) <= L_M``
 for ``M = P^{-1/2}(A + λI)P^{-1/2}`` and ``η <= 1/L_M``,
 ``E‖u_T − u*‖²/‖u*‖² <= κ_P ρ^T + (1 + 1/γ)η²σ_B²/(1 − ρ)``, ``ρ = (1 − ηm)² + (1 + γ)η²σ_B²``.
 The references below are computed from dense float64 matrices, never from the solver's estimates.

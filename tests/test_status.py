@@ -360,3 +360,38 @@ def test_solution_underflowing_float32_is_not_success():
     for solver in (ih.LiSSA(rng=0), ih.Exact()):
         res = ih.solve(ih.Dense(A), b, solver, damping=1e21, on_failure="ignore")
         assert res.status is not Status.SUCCESS
+
+
+def test_float32_exact_error_is_measured_by_refinement_and_bounds_the_true_error():
+    rng = np.random.default_rng(30)
+    n, d = 300, 120
+    U = ((rng.standard_normal((n, 40)) * np.geomspace(1, 1e-2, 40)) @ rng.standard_normal((40, d))).astype(np.float32)
+    op = ih.LowRankPlusIdentity(U)
+    lam = float(ih.default_damping(op))
+    B = rng.standard_normal((d, 4)).astype(np.float32)
+    res = ih.solve(op, B, ih.Exact(), damping=lam)
+    assert res.info["error_estimate_method"].startswith("float64 residual")
+    U64 = U.astype(np.float64)
+    X64 = np.linalg.solve(U64.T @ U64 / n + lam * np.eye(d), B.astype(np.float64))
+    err = np.linalg.norm(res.x - X64, axis=0) / np.linalg.norm(res.x, axis=0)
+    assert np.all(err <= res.info["error_estimate"])
+    # the measured estimate is far below the worst case u·κ on this problem
+    assert np.max(res.info["error_estimate"]) < 0.5 * res.info["predicted_error"]
+
+
+def test_exact_float32_closed_forms_carry_the_measured_status():
+    """influence_matrix / self_influence (no residual check) report what inv.solve reports."""
+    rng = np.random.default_rng(0)
+    n, d = 400, 60
+    Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    U = (rng.standard_normal((n, d)) @ np.diag(np.logspace(0, -3.2, d)) @ Q.T).astype(np.float32)
+    T = rng.standard_normal((5, d)).astype(np.float32)
+    S, lam = ih.Exact(rtol=1e-4), 3e-6
+    inv = ih.inverse(ih.LowRankPlusIdentity(U), S, damping=lam, on_failure="ignore")
+    assert inv.solve(T.T).status is Status.INACCURATE
+    _, rr = ih.influence_matrix(U, T, S, damping=lam, return_results=True, on_failure="ignore")
+    assert Status.INACCURATE in {r.status for r in rr}  # was {SUCCESS}
+    _, rs = ih.self_influence(U, S, damping=lam, return_results=True, on_failure="ignore")
+    assert Status.INACCURATE in {r.status for r in rs}
+    with pytest.raises(ConvergenceError):
+        ih.influence_matrix(U, T, S, damping=lam)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import _backend as Bk
 from .. import _checks as C
-from .._arrays import gram64, row_sq_norms
+from .._arrays import row_sq_norms
 from ..errors import DampingError
 
 
@@ -24,10 +24,10 @@ def _scaled_norms64(xp, U, n, s):
     return (n * s) * row_sq_norms(U, dtype=xp.float64)
 
 
-def _gram64(xp, U):
-    """``U Uᵀ`` in float64 (see :func:`invhvp._arrays.gram64`)."""
-    return gram64(U)
-
-
 def _eye64(xp, r, like):
     return xp.eye(r, dtype=xp.float64, device=Bk.device_of(like))
+
+
+def datainf_weights(sq_norms, lam: float, scale: float, n_total: int):
+    """Row weights ``w_i = s/(λ + n s‖u_i‖²)`` from squared row norms (any subset of the rows)."""
+    return scale / (lam + (n_total * scale) * sq_norms)

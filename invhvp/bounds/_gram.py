@@ -31,7 +31,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _backend as Bk
-from .._arrays import CHUNK_ELEMENTS, as_generator, random_matrix, row_chunks
+from .._arrays import CHUNK_ELEMENTS, as_generator, gram64, random_matrix, row_chunks
+from ._common import datainf_weights
 
 EPS64 = 2.0**-52
 
@@ -70,12 +71,7 @@ def small_side(U, s: float, lam: float) -> SmallSide:
     n, d = (int(v) for v in U.shape)
     dev = Bk.device_of(U)
     if n <= d:
-        c = max(1, CHUNK_ELEMENTS // max(n, 1))
-        K = None
-        for j in range(0, d, c):
-            V = xp.astype(U[:, j : j + c], xp.float64)
-            P = V @ V.T
-            K = P if K is None else K + P
+        K = gram64(U)
         sq = xp.linalg.diagonal(K)  # ||u_i||², as the Gram holds them
         dh = 1.0 / xp.sqrt(lam + (n * s) * sq)
         A = s * K
@@ -86,7 +82,7 @@ def small_side(U, s: float, lam: float) -> SmallSide:
         M = xp.zeros((d, d), dtype=xp.float64, device=dev)
         for sl in row_chunks(n, max(1, CHUNK_ELEMENTS // max(d, 1))):
             V = xp.astype(U[sl, :], xp.float64)
-            w = s / (lam + (n * s) * xp.sum(V * V, axis=1))
+            w = datainf_weights(xp.sum(V * V, axis=1), lam, s, n)
             A = A + s * (V.T @ V)
             M = M + V.T @ (w[:, None] * V)
         length, r = n, d

@@ -37,9 +37,9 @@ import math
 
 from .. import _backend as Bk
 from .. import _checks as C
-from .._arrays import CHUNK_ELEMENTS, row_chunks, row_sq_norms
+from .._arrays import CHUNK_ELEMENTS, gram64, row_chunks, row_sq_norms
 from ..errors import InputError, OperatorTooLargeError, ShapeError
-from ._common import _eye64, _gram64, _scaled_norms64, _validate
+from ._common import _eye64, _scaled_norms64, _validate
 from ._gram import EPS64
 from .datainf_spectral import SpectralCertificate, _spectral, datainf_spectral_certificate
 
@@ -86,7 +86,7 @@ def gram_lambda_max(factor, *, scale=None, method: str = "auto", max_rows: int =
     if method not in ("auto", "gram", "trace"):
         raise InputError(f"method: expected 'auto', 'gram' or 'trace', got {method!r}")
     if method == "gram" or (method == "auto" and n <= max_rows):
-        w = xp.linalg.eigvalsh(_gram64(xp, factor))
+        w = xp.linalg.eigvalsh(gram64(factor))
         return s * max(float(xp.max(w)), 0.0), "gram-eigvalsh (exact)"
     return s * float(xp.sum(row_sq_norms(factor, dtype=xp.float64))), "trace (upper bound)"
 

@@ -93,9 +93,7 @@ def _spectral_values(lam, nu, t_max, mu_bar):
 
 
 def _posint(x, name):
-    if isinstance(x, bool) or not isinstance(x, int) or x < 1:
-        raise InputError(f"{name}: expected a positive int, got {x!r}")
-    return x
+    return C.integer(x, name, minimum=1)
 
 
 def datainf_spectral_certificate(

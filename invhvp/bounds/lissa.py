@@ -10,7 +10,7 @@ for every ``γ > 0`` and ``ρ = (1 − ηλ)² + (1 + γ) η² σ_B² < 1``
 
 .. math:: \frac{E\|u_T - u^*\|^2}{\|u^*\|^2} \le \rho^T + \frac{(1 + 1/γ)\,η^2 σ_B^2}{1 - ρ}.
 
-**Preconditioned** (docs/theory_preconditioning.md): ``u_t = u_{t-1} − ηP⁻¹(H̃_t u_{t-1} + λu_{t-1} − v)``
+**Preconditioned** (docs/theory.md §8.6–8.11): ``u_t = u_{t-1} − ηP⁻¹(H̃_t u_{t-1} + λu_{t-1} − v)``
 with ``I ⪯ P ⪯ κ_P I``, ``m <= λ_min(M)``, ``λ_max(M) <= L_M`` for ``M = P^{-1/2}(H + λI)P^{-1/2}``
 and ``η <= 1/L_M``: the same bound with ``λ → m``, ``λ_max + λ → L_M`` and the first term
 weighted by ``κ_P`` (``weight``), ``σ_B²`` unchanged:
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _checks as C
 from ..errors import InputError
 
 __all__ = ["lissa_error_bound", "lissa_batch_threshold", "LissaPlan", "plan_lissa"]
@@ -36,13 +37,14 @@ _GAMMAS = np.logspace(-4, 4, 81)
 
 
 def _pos(x, name, *, strict=True):
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected a real number, got {type(x).__name__}") from None
-    if not math.isfinite(v) or v < 0 or (strict and v == 0):
-        raise InputError(f"{name}: expected a finite number {'>' if strict else '>='} 0, got {v}")
-    return v
+    return C.real(x, name, minimum=0.0, strict=strict)
+
+
+def _batch(batch_size, name="batch_size"):
+    """``None`` or ``"full"`` (full batch, no sampling noise), or an int >= 1."""
+    if batch_size is None or batch_size == "full":
+        return None
+    return C.integer(batch_size, name, minimum=1)
 
 
 def _weight(weight):
@@ -84,8 +86,8 @@ def lissa_error_bound(step, damping, lambda_max, sigma1_sq, batch_size, steps, *
     sigma1_sq : float
         Single-sample variance ``σ₁² = ‖E(H̃₁ − H)²‖₂`` (or an upper bound on it);
         ``0`` for exact (full-batch) products.
-    batch_size : int or None
-        ``B``; ``None`` means full-batch products (``σ_B = 0``).
+    batch_size : int, "full" or None
+        ``B``; ``None`` or ``"full"`` means full-batch products (``σ_B = 0``).
     steps : int
         ``T >= 0``.
     gamma : float, optional
@@ -93,7 +95,7 @@ def lissa_error_bound(step, damping, lambda_max, sigma1_sq, batch_size, steps, *
     weight : float, default 1
         ``κ_P = λ_max(P)/λ_min(P)`` for preconditioned LiSSA: the bound becomes
         ``κ_P ρ^T + noise`` with ``λ``, ``λ_max`` and ``σ₁²`` those of the preconditioned
-        system (docs/theory_preconditioning.md).
+        system (docs/theory.md §8.6–8.11).
 
     Returns
     -------
@@ -113,12 +115,13 @@ def lissa_error_bound(step, damping, lambda_max, sigma1_sq, batch_size, steps, *
     lmax = _pos(lambda_max, "lambda_max", strict=False)
     s1 = _pos(sigma1_sq, "sigma1_sq", strict=False)
     w = _weight(weight)
-    T = int(steps)
+    T = C.integer(steps, "steps", minimum=0)
     if T < 0:
         raise InputError(f"steps: expected an int >= 0, got {steps}")
     if eta > 1.0 / (lmax + lam) * (1 + 1e-12):
         return math.inf
-    sb2 = 0.0 if batch_size is None else s1 / float(batch_size)
+    bsz = _batch(batch_size)
+    sb2 = 0.0 if bsz is None else s1 / float(bsz)
     if sb2 == 0.0:
         return float(math.sqrt(w) * (1.0 - eta * lam) ** T)
     g = _GAMMAS if gamma is None else np.asarray([_pos(gamma, "gamma")])
@@ -273,7 +276,7 @@ def plan_lissa(
     if batch_size == "full":
         bs = np.asarray([0], dtype=np.int64)
     elif batch_size is not None:
-        bs = np.asarray([int(batch_size)], dtype=np.int64)
+        bs = np.asarray([_batch(batch_size)], dtype=np.int64)
     else:
         bs = _batch_grid(n_samples, max_batch)
         if allow_full_batch:
@@ -297,7 +300,7 @@ def plan_lissa(
         need = np.maximum(np.ceil(np.log(np.maximum(room / w, 1e-300)) / np.log(rho_ok)), 1.0)
     need = np.where(ok & (room > 0), need, np.inf)
     if steps is not None:
-        T_fixed = int(steps)
+        T_fixed = C.integer(steps, "steps", minimum=1)
         bound_fixed = np.where(ok, w * rho_ok**T_fixed + noise, np.inf)
         feasible = bound_fixed <= eps2
         cost = np.where(feasible, T_fixed * price, np.inf)

@@ -93,10 +93,11 @@ def ggn_from_loss(outputs, loss_of_outputs, params, *, vectorize: bool = True) -
         return outputs(unflatten(x))
 
     g_out = grad(loss_of_outputs)
+    z, pullback = vjp(f, flat)  # linearized once at params: a product is one jvp, one HVP, one pullback
 
     def single(v):
-        z, Jv = jvp(f, (flat,), (v,))
+        Jv = jvp(f, (flat,), (v,))[1]
         HJv = jvp(g_out, (z,), (Jv,))[1]
-        return vjp(f, flat)[1](HJv)[0]
+        return pullback(HJv)[0]
 
     return _operator(single, flat, True, vectorize)

@@ -9,7 +9,7 @@ Structure protocol (each optional):
 
 - :meth:`Operator.trace` -- exact trace (mean eigenvalue for the damping rule);
 - :meth:`Operator.spectrum` -- exact eigenvalues with multiplicities, when small;
-- :meth:`Operator.norm_bound` -- a cheap upper bound on ``‖A‖₂``;
+- :meth:`Operator.matmat64` -- products in float64 from structure (float32 error estimates);
 - :meth:`Operator.eig_lower` -- a lower bound on ``λ_min(A)`` (0 for PSD operators);
 - mini-batches for stochastic solvers: :attr:`Operator.n_samples`,
   :attr:`Operator.supports_minibatch`, :meth:`Operator.minibatch`,
@@ -48,9 +48,6 @@ class Spectrum:
     @property
     def min(self) -> float:
         return float(np.min(self.values))
-
-    def sum_of_squares(self) -> float:
-        return float(np.sum(self.counts * self.values**2))
 
 
 class Operator(abc.ABC):
@@ -130,8 +127,12 @@ class Operator(abc.ABC):
             "with invhvp.lambda_max(op, method='lanczos')"
         )
 
-    def norm_bound(self) -> float | None:
-        """A cheap upper bound on ``‖A‖₂`` (``None`` when none is known without products)."""
+    def matmat64(self, V64):
+        """``A V`` computed in float64 from structure (``V64`` float64, ``(d, k)``), or ``None``.
+
+        Used to estimate the forward error of float32 solves (docs/theory.md §7.3): a residual
+        in float64 and one correction with the float32 factor.  ``None``: not available.
+        """
         return None
 
     def eig_lower(self) -> float | None:

@@ -102,9 +102,9 @@ class BlockDiagonal(Operator):
             max(p.rounding for p in parts),
         )
 
-    def norm_bound(self) -> float | None:
-        vals = [b.norm_bound() for b in self.blocks]
-        return None if any(v is None for v in vals) else max(vals)
+    def matmat64(self, V64):
+        parts = [b.matmat64(v) for b, v in zip(self.blocks, self.split(V64))]
+        return None if any(p is None for p in parts) else self._xp.concat(parts, axis=0)
 
     def eig_lower(self) -> float | None:
         vals = [b.eig_lower() for b in self.blocks]

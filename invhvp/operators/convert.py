@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _backend as Bk
 from .. import _checks as C
-from ..errors import DTypeError, NotSymmetricError, ShapeError
+from ..errors import DTypeError, NonFiniteError, NotSymmetricError, ShapeError
 from .base import Operator
 from .dense import Dense
 from .matrix_free import MatrixFree
@@ -54,7 +54,7 @@ def from_scipy(A, *, psd: bool = True, name: str = "operator") -> Operator:
         dtype = Bk.normalize_dtype(A.dtype)
         A = A.tocsr()
         if A.nnz and not np.all(np.isfinite(A.data)):
-            raise DTypeError(f"{name}: the sparse matrix has NaN or infinite entries")
+            raise NonFiniteError(f"{name}: the sparse matrix has NaN or infinite entries")
         scale = float(abs(A).max()) if A.nnz else 0.0
         asym = float(abs(A - A.T).max()) if A.nnz else 0.0
         if asym > 1000 * Bk.eps(dtype) * scale:

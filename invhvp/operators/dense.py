@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import _backend as B
@@ -77,8 +75,9 @@ class Dense(Operator):
         ev = eigvalsh_host(self._xp, self.matrix)
         return Spectrum(ev, np.ones_like(ev), rounding_allowance(ev, self._size, self._dtype))
 
-    def norm_bound(self) -> float:
-        # ‖A‖₂ <= ‖A‖_F, accumulated in float64 so float32 entries cannot overflow
-        from .._arrays import col_norms64
+    def matmat64(self, V64):
+        from .._arrays import row_chunks, rows_per_chunk
 
-        return math.sqrt(float(np.sum(col_norms64(self.matrix) ** 2)))
+        xp = self._xp
+        parts = [xp.astype(self.matrix[sl, :], xp.float64) @ V64 for sl in row_chunks(self._size, rows_per_chunk(self._size))]
+        return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)

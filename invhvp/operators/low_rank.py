@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import _checks as C
-from .._arrays import as_generator, col_norms64, gram64, row_sq_norms
+from .._arrays import as_generator, gram64, row_sq_norms
 from ..errors import OperatorTooLargeError, ShapeError
 from .base import Operator, Spectrum, eigvalsh_host, rounding_allowance
 
@@ -81,9 +81,17 @@ class LowRankPlusIdentity(Operator):
     def trace(self) -> float:
         return self.shift * self._size + self.scale * float(self._xp.sum(row_sq_norms(self.factor, dtype=self._xp.float64)))
 
-    def norm_bound(self) -> float:
-        # ‖sUᵀU‖₂ <= s‖U‖_F², in float64
-        return self.shift + self.scale * float(np.sum(col_norms64(self.factor.T) ** 2))
+    def matmat64(self, V64):
+        from .._arrays import row_chunks, rows_per_chunk
+
+        xp, U = self._xp, self.factor
+        acc = None
+        for sl in row_chunks(self.n_rows, rows_per_chunk(self._size)):
+            Uc = xp.astype(U[sl, :], xp.float64)
+            term = Uc.T @ (Uc @ V64)
+            acc = term if acc is None else acc + term
+        out = self.scale * acc
+        return out + self.shift * V64 if self.shift != 0.0 else out
 
     def eig_lower(self) -> float:
         return self.shift
@@ -146,4 +154,11 @@ class LowRankPlusIdentity(Operator):
             rows = self.factor[torch.as_tensor(idx, device=self._device)]
         else:
             rows = self.factor[idx]
-        return LowRankPlusIdentity(rows, shift=self.shift, scale=self.scale * self.n_rows / nb)
+        return self._rows_of(rows, self.scale * self.n_rows / nb)
+
+    def _rows_of(self, rows, scale) -> LowRankPlusIdentity:
+        """An operator over rows of this (already validated) factor: no second pass over the data."""
+        out = object.__new__(LowRankPlusIdentity)
+        out.factor, out.shift, out.scale = rows, self.shift, float(scale)
+        out._xp, out._size, out._dtype, out._device, out._psd = self._xp, self._size, self._dtype, self._device, True
+        return out

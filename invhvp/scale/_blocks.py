@@ -140,7 +140,7 @@ class Block:
 
 def chunk_sq_norm_sum(xp, U):
     """``Σ_i ‖u_i‖²`` of a chunk, float64 (a 0-d array on the chunk's device)."""
-    return xp.sum(xp.astype(row_sq_norms(U), xp.float64))
+    return xp.sum(row_sq_norms(U, dtype=xp.float64))
 
 
 def device_zeros(xp, n, device):

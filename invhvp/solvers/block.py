@@ -67,9 +67,20 @@ class BlockInverse(Inverse):
         self._rows_arg(x, name)
         return [x[:, s] for s in op.slices()]
 
+    def _same_rows(self):
+        """The blocks' own factors must describe the same samples (one row per training point)."""
+        counts = {getattr(p.operator, "n_rows", None) for p in self.parts}
+        if len(counts) > 1:
+            raise ShapeError(
+                f"right/rows: the blocks' own factors have different numbers of rows {sorted(map(str, counts))}; "
+                "pass the rows explicitly"
+            )
+
     def quad(self, left, right=None, *, side="auto", chunk_size=None, on_failure=None, results=None, progress=None):
         policy = self.on_failure if on_failure is None else C.choice(on_failure, "on_failure", FAILURE_POLICIES)
         Ls = self._split(left, "left")
+        if right is None:
+            self._same_rows()
         Rs = [None] * len(self.parts) if right is None else self._split(right, "right")
         out = None
         for i, (p, Lb, Rb) in enumerate(zip(self.parts, Ls, Rs)):
@@ -81,6 +92,8 @@ class BlockInverse(Inverse):
 
     def quad_diag(self, rows=None, *, chunk_size=None, on_failure=None, results=None, progress=None):
         policy = self.on_failure if on_failure is None else C.choice(on_failure, "on_failure", FAILURE_POLICIES)
+        if rows is None:
+            self._same_rows()
         Gs = [None] * len(self.parts) if rows is None else self._split(rows, "rows")
         out = None
         for i, (p, Gb) in enumerate(zip(self.parts, Gs)):

@@ -75,8 +75,9 @@ class CG(Solver):
     record_history : bool, default False
         Store the recursive residual norms (``(n_iter+1, k)``) in ``info["residual_history"]``.
     per_block : bool, default True
-        On a :class:`~invhvp.BlockDiagonal`, run CG on each block (block ``l`` stops at
-        ``max(rtol·‖b_l‖, atol/√L)``, which implies the joint rule); a user operator or
+        On a :class:`~invhvp.BlockDiagonal`, run CG on each block (block ``l`` meets
+        ``max(rtol·‖b_l‖, atol/√L)``, so ``‖r‖ <= sqrt(rtol²‖b‖² + atol²)``, within √2 of the joint
+        rule ``max(rtol‖b‖, atol)``); a user operator or
         callable preconditioner, a callback or ``record_history`` make it joint.
     max_restarts : int, default 2
         Restarts from the true residual when the recursive one has drifted.
@@ -130,6 +131,10 @@ class CG(Solver):
 
     def _per_block(self, op, rng=None):
         L = op.n_blocks
+        if self.x0 is not None:  # validated against the whole operator before it is split
+            Bk.check_compatible(self.x0, xp=op.xp, dtype=op.dtype, device=op.device, name="x0")
+            if self.x0.ndim not in (1, 2) or int(self.x0.shape[0]) != op.size:
+                raise ShapeError(f"x0: expected {op.size} rows like the operator, got shape {tuple(self.x0.shape)}")
         x0s = op.split(self.x0) if self.x0 is not None else [None] * L
         return [(replace(self, atol=self.atol / math.sqrt(L), x0=x0), None) for x0 in x0s]
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .. import _backend as Bk
 from .. import _checks as C
 from .._arrays import row_chunks, row_sq_norms, rows_per_chunk
+from ..bounds._common import datainf_weights
 from ..bounds.datainf import datainf_certificates
 from ..errors import DampingError, NonFiniteError, UnsupportedOperatorError
 from ..operators import LowRankPlusIdentity
@@ -35,11 +36,6 @@ _NOTE = (
 
 # The formula R B = (1/λ)[B − Σ_i w_i u_i (u_iᵀ B)], w_i = s/(λ + n s‖u_i‖²), in three pieces so that
 # the sum over rows can run over chunks, files (GradientStore) or processes (torch.distributed).
-def datainf_weights(sq_norms, lam: float, scale: float, n_total: int):
-    """Row weights ``w_i = s/(λ + n s‖u_i‖²)`` from squared row norms (any subset of the rows)."""
-    return scale / (lam + (n_total * scale) * sq_norms)
-
-
 def datainf_partial(U_rows, w_rows, B=None):
     """``Σ_{i in rows} w_i u_i (u_iᵀ B)`` for a chunk of rows (two products, ``O(rows·d·k)``).
 

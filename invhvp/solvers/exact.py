@@ -1,37 +1,32 @@
-"""Exact (direct) inverses: Cholesky, Woodbury and its push-through forms (docs/theory.md §3).
+"""The Exact solver and its inverse: factorization, condition estimate, verified status (docs/theory.md §3, §7.3).
 
-One home for the exact formulas.  ``factorize`` dispatches on the operator type
-(``functools.singledispatch``): a new operator registers its factorization here, and
-``exact_cost`` tells the automatic choice whether a direct solve is cheap.
+The factorizations themselves (Cholesky, Woodbury, push-through) live in :mod:`.exact_factors`.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import _backend as Bk
 from .. import _checks as C
-from .._arrays import power_norm, random_matrix, row_chunks, rows_per_chunk
+from .._arrays import power_norm, row_chunks, rows_per_chunk
 from ..errors import (
-    InputError,
     NonFiniteError,
-    NotPositiveDefiniteError,
-    NotSymmetricError,
     OperatorTooLargeError,
     UnsupportedOperatorError,
 )
-from ..operators import BlockDiagonal, Dense, LowRankPlusIdentity, MatrixFree
-from ..result import Status
+from ..operators import MatrixFree
+from ..operators.base import Operator
+from ..result import SolveResult, Status
 from .base import Solver
+from .exact_factors import AUTO_DENSE_MAX, _Cholesky, exact_cost, factorize
 from .inverse import Inverse
+from .refine import refined_errors
 
 __all__ = ["Exact", "ExactInverse", "factorize", "exact_cost", "AUTO_DENSE_MAX"]
 
-#: Largest dense / small-side dimension the automatic choice factorizes (Cholesky is O(m³)).
-AUTO_DENSE_MAX = 4096
 #: Default forward-error tolerance of an exact solve, by precision (flags exhausted precision).
 DEFAULT_RTOL = {4: 1e-2, 8: 1e-6}
 
@@ -50,10 +45,12 @@ class Exact(Solver):
       ``d <= max_dense_size``.
     - :class:`~invhvp.BlockDiagonal`: each block on its own (:func:`invhvp.inverse`).
 
-    **Status** (docs/theory.md §7): the setup estimates ``‖(A+λI)⁻¹‖`` by inverse power
-    iteration with the factor and ``κ`` with a few products; each solve reports the
-    forward-error estimate ``‖(A+λI)⁻¹‖·(‖r‖ + δ)/‖x‖`` per column from the true residual,
-    and is SUCCESS only when it is ``<= rtol``, else INACCURATE (use float64 or more damping).
+    **Status** (docs/theory.md §7.3): the setup estimates ``‖(A+λI)⁻¹‖`` by inverse power
+    iteration with the factor and ``κ`` with a few products.  Each solve (and each closed form)
+    reports a forward-error estimate per column and is SUCCESS only when it is ``<= rtol``, else
+    INACCURATE (use float64 or more damping): in float32 with float64 products from structure
+    (dense, low-rank) and ``3uκ <= 1/2``, the error *measured* by one step of mixed-precision
+    refinement; otherwise ``‖(A+λI)⁻¹‖·(‖r‖ + δ)/‖x‖`` from the true residual.
 
     Parameters
     ----------
@@ -70,7 +67,7 @@ class Exact(Solver):
     >>> import numpy as np, invhvp as ih
     >>> U = np.random.default_rng(0).standard_normal((5, 1000))
     >>> res = ih.solve(ih.LowRankPlusIdentity(U), np.ones(1000), ih.Exact(), damping=0.1)
-    >>> res.info["method"], res.status.value, bool(res.info["error_estimate"][0] < 1e-10)
+    >>> res.info["method"], res.status.value, bool(res.info["error_estimate"] < 1e-10)
     ('woodbury', 'success', True)
     """
 
@@ -114,28 +111,36 @@ class ExactInverse(Inverse):
         op = counted.op
         u = Bk.eps(op.dtype)
         self.rtol = solver.rtol if solver.rtol is not None else DEFAULT_RTOL[8 if u < 1e-10 else 4]
+        norm = power_norm(op.xp, fac.apply_matrix, op.size, op.dtype, op.device)
+        self.norm_estimate = norm  # before lam_lower(), which would otherwise estimate it again
         inv_norm = power_norm(op.xp, fac.apply, op.size, op.dtype, op.device)
         lo = self.lam_lower()
         if lo is not None and lo > 0:
             inv_norm = min(2.0 * inv_norm, 1.0 / lo)  # 2× safety on a Rayleigh (lower) estimate
         else:
             inv_norm = 2.0 * inv_norm
-        norm = power_norm(op.xp, fac.apply_matrix, op.size, op.dtype, op.device)
         if not (np.isfinite(inv_norm) and np.isfinite(norm)) or inv_norm == 0.0 or norm == 0.0:
             raise NonFiniteError(
                 "the factorization or the operator produced non-finite or zero products; check the operator "
                 "and the damping (the problem may be out of the dtype's range)"
             )
         self.inv_norm = inv_norm
-        self.norm_estimate = norm
         cond = norm * inv_norm
+        # float32 with float64 products from structure: the error is measured per right-hand side
+        # (refine.py); otherwise the worst case 3·u·κ decides the setup status
+        # (sound while κ·u < 1/2: the correction is computed with relative error about κ·u)
+        self.refined = u > 1e-10 and type(op).matmat64 is not Operator.matmat64 and 3.0 * u * cond <= 0.5
         self.info.update(
             condition_estimate=cond,
             inverse_norm_estimate=inv_norm,
             rtol=self.rtol,
             predicted_error=3.0 * u * cond,
+            error_estimate_method=(
+                "float64 residual + one correction with the factor" if self.refined else "‖(A+λI)⁻¹‖·(‖r‖+δ)/‖x‖"
+            ),
         )
-        if not 3.0 * u * cond <= self.rtol:
+        self._form = None
+        if not self.refined and not 3.0 * u * cond <= self.rtol:
             self.setup_status = Status.INACCURATE
             self.info["advice"] = (
                 f"condition estimate {cond:.3g} in {op.dtype} (unit roundoff {u:.2g}) allows a relative error "
@@ -145,10 +150,28 @@ class ExactInverse(Inverse):
     def _apply(self, B):
         from .base import Outcome
 
-        return Outcome(x=self.fac.apply(B))
+        X = self.fac.apply(B)
+        if not self.refined:
+            return Outcome(x=X)
+        parts: list = []
+        est = refined_errors(self.operator, float(self.damping), self.fac.apply, B, X, residuals=parts)
+        info = {"error_estimate": est}
+        # the float64 residual is the check's residual too (more accurate than one in float32)
+        R = parts[0] if len(parts) == 1 else self.operator.xp.concat(parts, axis=1)
+        k = int(B.shape[1])
+        # the measured estimate decides even when the caller skips the residual check
+        if np.all(est <= self.rtol):
+            return Outcome(x=X, info=info, residual=R, check_matvec=k)
+        info["advice"] = (
+            f"estimated relative error {float(np.max(est)):.3g} > rtol={self.rtol:g} (condition estimate "
+            f"{self.info['condition_estimate']:.3g}): use float64 or more damping"
+        )
+        return Outcome(x=X, status=Status.INACCURATE, info=info, residual=R, check_matvec=k)
 
     def _verify(self, out, chk):
-        est = self.inv_norm * (chk.r + chk.delta) / np.maximum(chk.x, 1e-300)
+        est = out.info.get("error_estimate")
+        if est is None:
+            est = self.inv_norm * (chk.r + chk.delta) / np.maximum(chk.x, 1e-300)
         info = {"error_estimate": est, "rtol": self.rtol}
         if np.all(est <= self.rtol):
             return Status.SUCCESS, info
@@ -167,20 +190,52 @@ class ExactInverse(Inverse):
         return Status.INACCURATE, info
 
     def _quad_own(self, T, chunk_size):
-        return self.fac.quad_own(T, chunk_size)
+        out = self.fac.quad_own(T, chunk_size)
+        if out is not None and self.refined:  # measured on (a spread of at most 64 of) its own rows
+            self._measure(_spread(T).T)
+        return out
 
     def _diag_own(self, chunk_size):
-        return self.fac.diag_own(chunk_size)
+        out = self.fac.diag_own(chunk_size)
+        if out is not None and self.refined:  # a spread of at most 64 of the rows
+            self._measure(_spread(self.operator.factor).T)
+        return out
+
+    def _measure(self, B):
+        est = refined_errors(self.operator, float(self.damping), self.fac.apply, B, self.fac.apply(B))
+        worst = float(np.max(est))
+        if worst <= self.rtol:
+            self._form = (Status.SUCCESS, {"error_estimate": est})
+        else:
+            self._form = (Status.INACCURATE, {
+                "error_estimate": est,
+                "advice": f"estimated relative error {worst:.3g} > rtol={self.rtol:g} on these rows "
+                f"(condition estimate {self.info['condition_estimate']:.3g}): use float64 or more damping",
+            })
+
+    def _closed_form_policy(self, policy, results, what):
+        if self._form is None:
+            return super()._closed_form_policy(policy, results, what)
+        status, extra = self._form
+        self._form = None
+        from .inverse import _apply_policy
+
+        if results is not None:
+            results.append(SolveResult(None, status, 0, 0, None, {**self.info, **extra, "closed_form": what}))
+        _apply_policy(status, f"exact: {status.value}: {extra.get('advice', '')}", policy)
 
     def quad_diag(self, rows=None, *, chunk_size=None, on_failure=None, results=None, progress=None):
         """``diag(G (A + λI)⁻¹ Gᵀ)``; with a Cholesky factor ``LLᵀ`` and explicit rows this is
         ``‖L⁻¹ g_i‖²``: one triangular solve per chunk of rows instead of two."""
-        if rows is None or not isinstance(self.fac, _Cholesky):
+        own = getattr(self.operator, "factor", None) if rows is None else None
+        if not isinstance(self.fac, _Cholesky) or (rows is None and own is None):
             return super().quad_diag(rows, chunk_size=chunk_size, on_failure=on_failure, results=results, progress=progress)
         from .inverse import FAILURE_POLICIES, _done
 
         policy = self.on_failure if on_failure is None else C.choice(on_failure, "on_failure", FAILURE_POLICIES)
-        G = self._rows_arg(rows, "rows")
+        G = own if rows is None else self._rows_arg(rows, "rows")
+        if self.refined:
+            self._measure(_spread(G).T)
         xp = self.operator.xp
         parts = []
         for sl in row_chunks(int(G.shape[0]), rows_per_chunk(self.size, chunk_size)):
@@ -190,146 +245,14 @@ class ExactInverse(Inverse):
         return _done(xp.concat(parts, axis=0), progress)
 
 
-# ----------------------------------------------------------------------------- factors
-class _Cholesky:
-    """``M = A + λI`` held dense with its lower Cholesky factor (primal route)."""
+def _spread(U, at_most: int = 64):
+    """At most ``at_most`` rows of ``U``, evenly spread (for measuring a closed form's accuracy)."""
+    n = int(U.shape[0])
+    if n <= at_most:
+        return U
+    idx = np.unique(np.linspace(0, n - 1, at_most).astype(np.int64))
+    if Bk.is_torch(Bk.namespace(U)):
+        import torch
 
-    def __init__(self, M, what: str):
-        self.xp = Bk.namespace(M)
-        self.M = M
-        self.L = Bk.cholesky(self.xp, M, what)
-        self.method = "cholesky"
-
-    def apply(self, B):
-        return Bk.cho_solve(self.xp, self.L, B)
-
-    def apply_matrix(self, V):
-        return self.M @ V
-
-    def quad_own(self, T, chunk_size):
-        return None
-
-    def diag_own(self, chunk_size):
-        return None
-
-
-class _Woodbury:
-    """``M = cI + sUᵀU`` with ``n < d``, through the ``n×n`` capacitance ``c/s·I + UUᵀ`` (dual route)."""
-
-    def __init__(self, op: LowRankPlusIdentity, c: float):
-        xp, U = op.xp, op.factor
-        self.xp, self.U, self.c, self.s = xp, U, c, op.scale
-        self.K = U @ U.T
-        n = int(U.shape[0])
-        C_ = self.K + (c / self.s) * xp.eye(n, dtype=U.dtype, device=Bk.device_of(U))
-        self.L = Bk.cholesky(xp, C_, "n×n capacitance matrix (c/s)·I + U Uᵀ")
-        self.method = "woodbury"
-
-    def apply(self, B):
-        Y = Bk.cho_solve(self.xp, self.L, self.U @ B)
-        return (B - self.U.T @ Y) / self.c
-
-    def apply_matrix(self, V):
-        return self.s * (self.U.T @ (self.U @ V)) + self.c * V
-
-    def quad_own(self, T, chunk_size):
-        # T (cI + sUᵀU)⁻¹ Uᵀ = (1/s) · T Uᵀ (c/s·I + UUᵀ)⁻¹   (push-through identity)
-        xp, U = self.xp, self.U
-        m, n = int(T.shape[0]), int(U.shape[0])
-        out = xp.zeros((m, n), dtype=T.dtype, device=Bk.device_of(T))
-        for sl in row_chunks(m, rows_per_chunk(max(n, int(U.shape[1])), chunk_size)):
-            P = T[sl, :] @ U.T
-            out[sl, :] = Bk.cho_solve(xp, self.L, P.T).T / self.s
-        return out
-
-    def diag_own(self, chunk_size):
-        # u_iᵀ (cI + sUᵀU)⁻¹ u_i = (1/s) [K (c/s·I + K)⁻¹]_ii
-        Y = Bk.cho_solve(self.xp, self.L, self.K)
-        return self.xp.linalg.diagonal(Y) / self.s
-
-
-def _shifted(M, lam):
-    if lam == 0.0:
-        return M
-    xp = Bk.namespace(M)
-    return M + lam * xp.eye(int(M.shape[0]), dtype=M.dtype, device=Bk.device_of(M))
-
-
-@functools.singledispatch
-def factorize(op, lam, counted, cfg):
-    """Factor ``op + lam·I`` for :class:`Exact`; register a new operator type here."""
-    raise UnsupportedOperatorError(f"Exact has no factorization for {type(op).__name__}; use invhvp.CG()")
-
-
-@factorize.register
-def _(op: Dense, lam, counted, cfg):
-    return _Cholesky(_shifted(op.matrix, lam), "matrix A + damping·I")
-
-
-@factorize.register
-def _(op: LowRankPlusIdentity, lam, counted, cfg):
-    n, d = op.factor.shape
-    c = op.shift + lam
-    if (n < d) if cfg.woodbury is None else cfg.woodbury:
-        if c <= 0.0:
-            raise NotPositiveDefiniteError(
-                f"LowRankPlusIdentity has rank <= n = {n} < d = {d} and shift + damping = {c}: "
-                "the matrix is singular; pass damping > 0"
-            )
-        counted.add(n)  # forming UUᵀ costs about n products with the operator
-        return _Woodbury(op, c)
-    counted.add(d)
-    U = op.factor
-    return _Cholesky(_shifted(op.scale * (U.T @ U), c), "matrix A + damping·I")
-
-
-@factorize.register
-def _(op: MatrixFree, lam, counted, cfg):
-    xp = op.xp
-    M = counted.matmat(xp.eye(op.size, dtype=op.dtype, device=op.device))
-    if not bool(xp.all(xp.isfinite(M))):
-        raise NonFiniteError("operator: the matrix-free operator's products returned NaN or infinite values")
-    scale = float(xp.max(xp.abs(M)))
-    asym = float(xp.max(xp.abs(M - M.T)))
-    if asym > 1000 * Bk.eps(op.dtype) * max(scale, 1e-300) * op.size**0.5:
-        raise NotSymmetricError(
-            f"operator: the matrix-free operator is not symmetric: max|A - A^T| = {asym:.3g} "
-            f"(max|A| = {scale:.3g}); check its matvec"
-        )
-    if op._user_matmat is not None:  # matvec and matmat must describe the same matrix
-        z = random_matrix(xp, (op.size,), op.dtype, op.device, 7, kind="normal")
-        counted.add(1)
-        y = op._user_matvec(z)
-        op._check_output(y, (op.size,))
-        gap = float(xp.linalg.vector_norm(y - M @ z))
-        if not gap <= 1e3 * Bk.eps(op.dtype) * op.size**0.5 * max(float(xp.linalg.vector_norm(M @ z)), scale):
-            raise InputError(
-                f"operator: its matvec and matmat disagree (‖matvec(z) − matmat(z)‖ = {gap:.3g} for a random z)"
-            )
-    fac = _Cholesky(_shifted(M, lam), "materialized matrix A + damping·I")
-    fac.method = "materialized-cholesky"
-    return fac
-
-
-@functools.singledispatch
-def exact_cost(op) -> float | None:
-    """Flops of a direct solve of ``op`` when the automatic choice should take it, else ``None``."""
-    return None
-
-
-@exact_cost.register
-def _(op: Dense):
-    return op.size**3 / 3 if op.size <= AUTO_DENSE_MAX else None
-
-
-@exact_cost.register
-def _(op: LowRankPlusIdentity):
-    n, d = (int(v) for v in op.factor.shape)
-    m = min(n, d)
-    return n * d * m + m**3 / 3 if m <= AUTO_DENSE_MAX else None
-
-
-@exact_cost.register
-def _(op: BlockDiagonal):
-    costs = [exact_cost(b) for b in op.blocks]
-    return None if any(c is None for c in costs) else sum(costs)
+        return U[torch.as_tensor(idx, device=U.device)]
+    return U[idx]

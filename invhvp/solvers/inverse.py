@@ -229,11 +229,13 @@ class Inverse:
         X, status, n_iter, n_mv, info, rnorm, n_check = self._solve2d(B, check)
         info = {**self.info, **info, "damping": self.damping, "setup_matvec": self.setup_matvec}
         info["check_matvec"] = n_check
-        if rhs.ndim == 1:
+        if rhs.ndim == 1:  # every per-column entry becomes a scalar, like x and residual_norm
             X = X[:, 0]
             rnorm = None if rnorm is None else rnorm[0]
-            if "error_bound" in info and info["error_bound"] is not None:
-                info["error_bound"] = info["error_bound"][0]
+            k = int(B.shape[1])
+            for key, val in info.items():
+                if isinstance(val, np.ndarray) and val.shape == (k,) and key not in ("column_status",):
+                    info[key] = val[0]
         res = SolveResult(x=X, status=status, n_iter=n_iter, n_matvec=n_mv, residual_norm=rnorm, info=info)
         msg = f"{self.solver.name} solve ended with status {status.value}"
         if "advice" in info:

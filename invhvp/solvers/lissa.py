@@ -46,7 +46,7 @@ class LiSSA(Solver):
     is ``<= rtol`` within ``max_matvec`` products per column (:func:`invhvp.bounds.plan_lissa`).
     Explicit ``step``/``batch_size``/``steps`` are evaluated against the same bound.
 
-    **Preconditioned** (docs/theory_preconditioning.md):
+    **Preconditioned** (docs/theory.md §8.6–8.11):
     ``u_t = u_{t−1} − ηP⁻¹(Ã_t u_{t−1} + λu_{t−1} − v)`` with the Nyström preconditioner
     ``P`` (:class:`~invhvp.NystromPreconditioner`).  It is plain LiSSA on
     ``M = P^{-1/2}(A + λI)P^{-1/2}`` in ``w = P^{1/2}u``: the step bound becomes
@@ -98,7 +98,7 @@ class LiSSA(Solver):
     lanczos_steps, n_probes, probe_batch : int
         Estimation effort.
     rng : Generator, int or None
-        Seed of the mini-batch draws and probes.
+        Seed of the mini-batch draws and probes (default 0: reproducible; ``None``: fresh entropy).
     check_every : int, default 10
         Divergence check period (a ``k``-element host sync each time).
     divergence_factor : float, default 10
@@ -134,7 +134,7 @@ class LiSSA(Solver):
     lanczos_steps: int = 30
     n_probes: int = 16
     probe_batch: int = 32
-    rng: Any = None
+    rng: Any = 0
     check_every: int = 10
     divergence_factor: float = 10.0
     callback: Any = None

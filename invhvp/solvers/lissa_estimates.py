@@ -129,6 +129,7 @@ def estimate_variance(cfg, counted, gen, est: dict) -> dict:
         ya = op.minibatch(B0, gen)._matmat(z)
         yb = op.minibatch(B0, gen)._matmat(z)
         # E[½‖ya‖² + ½‖yb‖² − yaᵀyb] = zᵀE(Ã−A)²z with independent ya, yb
+        ya, yb = xp.astype(ya, xp.float64), xp.astype(yb, xp.float64)  # tiny float32 values: no underflow
         vals.append(0.5 * (xp.sum(ya * ya) + xp.sum(yb * yb)) - xp.sum(ya * yb))
     counted.add(math.ceil(2 * cfg.n_probes * (B0 / n if n else 1.0)))
     D = np.asarray([float(v) for v in vals])

@@ -1,6 +1,6 @@
 r"""LiSSA's one-time work: lower end, estimates, the plain and the preconditioned plan, the choice.
 
-Order (docs/theory.md §5, docs/theory_preconditioning.md):
+Order (docs/theory.md §5, docs/theory.md §8.6–8.11):
 
 1. The lower end ``s`` of the spectrum: ``op.eig_lower()`` for a PSD operator; for an
    indefinite one (``psd=False``, e.g. a Hessian) a Lanczos estimate with a margin
@@ -193,6 +193,7 @@ def _plan_L(step: float, L_check: float, lam_eff: float, dtype) -> float:
 
 
 def _setup_status(st, p, eta_max, budget_mv, unit, bs, solver, dtype):
+    kappa_u = 3.0 * Bk.eps(dtype) * (st.L + st.lam_eff) / st.lam_eff
     # λ_max of data held in this dtype is known to about its precision
     if p.step > eta_max * (1 + 100 * Bk.eps(dtype)):
         st.status = Status.INACCURATE
@@ -216,3 +217,9 @@ def _setup_status(st, p, eta_max, budget_mv, unit, bs, solver, dtype):
                 f"about {math.ceil(need / unit)} matvecs per column are needed (predicted relative error "
                 f"bound {p.predicted_error:.3g}); raise max_matvec, add damping, or use invhvp.CG()"
             )
+    elif kappa_u > solver.rtol:  # rounding alone can exceed rtol: no run in this precision can promise it
+        st.status = Status.INACCURATE
+        st.info["advice"] = (
+            f"rtol={solver.rtol} is below what {dtype} can deliver here: 3·u·(λ_max+λ)/λ = {kappa_u:.2g} "
+            "(docs/theory.md §7.5); use float64 or more damping"
+        )

@@ -15,7 +15,7 @@ preconditioned matrix ``M = P^{-1/2}(A + λI)P^{-1/2}`` satisfies
 (the lower end from ``Ĥ ⪯ H + νI``, the upper from ``P⁻¹ ⪯ I``), so
 ``κ(M) <= (λ̂_ℓ + μ + ‖E‖)/μ``: a few CG iterations once ``ℓ`` exceeds about twice the number of
 eigenvalues above ``μ``, whatever ``μ`` is.  The same numbers give preconditioned LiSSA its
-step bound (docs/theory_preconditioning.md).
+step bound (docs/theory.md §8.6–8.11).
 """
 
 from __future__ import annotations

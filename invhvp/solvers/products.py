@@ -52,9 +52,6 @@ class GramProducts(Operator):
     def eig_lower(self) -> float:
         return self.shift
 
-    def norm_bound(self) -> float:
-        return self.source.norm_bound()
-
     @property
     def n_samples(self) -> int:
         return self.source.n_samples

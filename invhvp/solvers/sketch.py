@@ -13,8 +13,8 @@ dtype; everything else is float64 on the operator's device: the Grams ``ΩᵀY``
 (updated incrementally as ``ℓ`` grows), ``ΩᵀY_ν = CCᵀ``, the core ``K = C⁻¹Y_νᵀY_νC⁻ᵀ = WΣ²Wᵀ``,
 and ``V = Y_ν C⁻ᵀ W Σ⁻¹`` (formed in float64 row chunks, so its columns are orthonormal to
 working precision even where ``σ_i² ≈ ν``; in float32 this product would lose orthogonality in
-proportion to ``λ̂_1/λ̂_i``).  ``Ω`` is orthonormalized by Cholesky-QR in float64 (3-5× faster
-than a float32 Householder QR here).  Nothing ``d``-sized leaves the device.
+proportion to ``λ̂_1/λ̂_i``).  ``Ω`` is orthonormalized by Cholesky-QR (its Gram formed in the working
+dtype, factored in float64; 3-5× faster than a float32 Householder QR here).  Nothing ``d``-sized leaves the device.
 
 Facts the solvers rely on (exact arithmetic; ``ν`` and rounding perturb them by about ``ν``):
 ``0 ⪯ Ĥ ⪯ H``, hence ``λ̂_i <= λ_i``, and ``E = H − Ĥ ⪰ 0`` with ``‖E‖`` set by the tail
