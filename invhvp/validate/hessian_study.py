@@ -83,10 +83,9 @@ def lissa_batch_rows_hessian(
     """
     import torch
 
-    import invhvp
     from invhvp.bounds import lissa_batch_threshold, lissa_error_bound
 
-    from .studies import _damping_for_threshold
+    from .studies import _damping_for_threshold, batch_errors
 
     H = model.hessian()
     dense = H.to_dense().double().numpy()
@@ -126,27 +125,18 @@ def lissa_batch_rows_hessian(
         "threshold": lissa_batch_threshold(eta, lam_eff, s_exact),
         "threshold_trace_bound": lissa_batch_threshold(eta, lam_eff, s_trace),
     }
-    vt = torch.as_tensor(v)
-    norm = float(np.linalg.norm(u_star))
-    rows = []
-    for B in batch_sizes:
-        errs, diverged = [], 0
-        for r in range(repeats):
-            solver = invhvp.LiSSA(step=eta, batch_size=int(B), steps=steps, rng=seed + r, preconditioner=None)
-            res = invhvp.solve(H, vt, solver, damping=lam, on_failure="ignore")
-            e = float(np.linalg.norm(res.x.numpy() - u_star)) / norm
-            if res.status.value in ("diverged", "nonfinite") or not math.isfinite(e):
-                diverged += 1
-                e = math.inf
-            errs.append(e)
-        rows.append(
-            {
-                "batch_size": int(B),
-                "error_median": float(np.median(errs)),
-                "error_max": float(np.max(errs)),
-                "diverged": diverged,
-                "bound": lissa_error_bound(eta, lam_eff, spread, s_exact, int(B), steps),
-                "above_threshold": bool(B > meta["threshold"]),
-            }
-        )
+    rows = batch_errors(
+        H,
+        torch.as_tensor(v),
+        u_star,
+        lam,
+        batch_sizes,
+        repeats,
+        seed,
+        eta=eta,
+        steps=steps,
+        threshold=meta["threshold"],
+        preconditioner=None,
+        bound=lambda B: lissa_error_bound(eta, lam_eff, spread, s_exact, B, steps),
+    )
     return rows, meta

@@ -45,7 +45,7 @@ def estimate_text(items, gflops: float, threads: int) -> str:
     total = sum(phases.values())
     parts = ", ".join(f"{k} {format_seconds(v)}" for k, v in phases.items())
     return (
-        f"expected duration ≈ {format_seconds(total)} on this machine ({threads} threads, "
+        f"expected duration ≈ {format_seconds(total)} on this machine ({threads} thread{'s' if threads != 1 else ''}, "
         f"{gflops:.0f} GFLOP/s single-thread float64 matmul measured now; ±50%, refined as the run goes): {parts}"
     )
 

@@ -318,14 +318,43 @@ def lissa_batch_rows(
         "threshold": thr,
         "threshold_trace_bound": lissa_batch_threshold(eta, lam, s_trace),
     }
-    rows = []
+    rows = batch_errors(
+        op,
+        v,
+        u_star,
+        lam,
+        batch_sizes,
+        repeats,
+        seed,
+        eta=eta,
+        steps=steps,
+        threshold=thr,
+        bound=lambda B: lissa_error_bound(eta, lam, lmax, s_exact, B, steps),
+    )
+    return rows, meta
+
+
+def batch_errors(
+    op, v, u_star, damping, batch_sizes, repeats, seed, *, eta, steps, threshold, bound, **solver_kw
+):
+    """Error of fixed-step mini-batch LiSSA against ``u_star`` for each batch size B.
+
+    ``repeats`` seeded runs per B; a run that diverges (status or non-finite error) counts in
+    ``diverged`` and enters the median/max as infinity. ``bound(B)`` is the predicted error bound
+    (docs/theory.md §5); ``solver_kw`` go to :class:`invhvp.LiSSA`.
+    """
+    import invhvp
+
+    u_star = np.asarray(u_star, dtype=np.float64)
     norm = float(np.linalg.norm(u_star))
+    rows = []
     for B in batch_sizes:
         errs, diverged = [], 0
         for r in range(repeats):
-            solver = invhvp.LiSSA(step=eta, batch_size=int(B), steps=steps, rng=seed + r)
-            res = invhvp.solve(op, v, solver, damping=lam, on_failure="ignore")
-            e = float(np.linalg.norm(np.asarray(res.x) - u_star)) / norm
+            solver = invhvp.LiSSA(step=eta, batch_size=int(B), steps=steps, rng=seed + r, **solver_kw)
+            res = invhvp.solve(op, v, solver, damping=damping, on_failure="ignore")
+            x = res.x.numpy() if hasattr(res.x, "numpy") else np.asarray(res.x)
+            e = float(np.linalg.norm(x - u_star)) / norm
             if res.status.value in ("diverged", "nonfinite") or not math.isfinite(e):
                 diverged += 1
                 e = math.inf
@@ -336,8 +365,8 @@ def lissa_batch_rows(
                 "error_median": float(np.median(errs)),
                 "error_max": float(np.max(errs)),
                 "diverged": diverged,
-                "bound": lissa_error_bound(eta, lam, lmax, s_exact, int(B), steps),
-                "above_threshold": bool(B > thr),
+                "bound": bound(int(B)),
+                "above_threshold": bool(B > threshold),
             }
         )
-    return rows, meta
+    return rows
