@@ -236,14 +236,3 @@ def solve_triangular(xp, L, B, *, trans: bool = False):
     import scipy.linalg
 
     return scipy.linalg.solve_triangular(L, B, lower=True, trans=1 if trans else 0, check_finite=False)
-
-
-def solve_lower(xp, L, B):
-    """Solve ``L X = B`` for a lower-triangular ``L`` and 2-D ``B``."""
-    if is_torch(xp):
-        import torch
-
-        return torch.linalg.solve_triangular(L, B, upper=False)
-    import scipy.linalg
-
-    return scipy.linalg.solve_triangular(L, B, lower=True, check_finite=False)

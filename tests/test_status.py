@@ -212,6 +212,34 @@ def test_cg_recursive_residual_drift_is_restarted_from_the_true_residual():
         assert res.status in (Status.INACCURATE, Status.MAX_ITER)
 
 
+def test_cg_counts_every_product_it_makes_restarts_included():
+    rng = np.random.default_rng(12)
+    Q, _ = np.linalg.qr(rng.standard_normal((80, 80)))
+    M = (Q * np.geomspace(1.0, 1e-7, 80)) @ Q.T
+    M = (M + M.T) / 2
+    calls = [0]
+
+    def mm(V):
+        calls[0] += V.shape[1]
+        return M @ V
+
+    op = ih.MatrixFree(mm, 80, np.float64, matmat=mm)
+    b = rng.standard_normal((80, 3))
+    res = ih.solve(op, b, ih.CG(rtol=1e-9, maxiter=5000), damping=0.0, on_failure="ignore")
+    assert res.info["restarts"] >= 1  # the case this test is about
+    assert res.n_matvec + res.info["check_matvec"] + res.info["setup_matvec"] == calls[0]
+
+
+def test_cg_zero_curvature_column_is_reported_and_the_others_still_converge():
+    # b's first column lies in the null space of the undamped operator: p·Ap = 0 exactly
+    M = np.diag([1.0, 0.0, 2.0])
+    B = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]).T
+    res = ih.solve(ih.Dense(M), B, ih.CG(), damping=0.0, on_failure="ignore")
+    assert res.status is Status.NONPOSITIVE_CURVATURE
+    assert res.info["column_status"] == ["nonpositive_curvature", "success"]
+    np.testing.assert_allclose(res.x[:, 1], [1.0, 0.0, 0.5], rtol=1e-12)
+
+
 def test_jacobi_uses_the_damping():
     M = np.diag([1.0, 4.0, 9.0]) + 0.1
     op = ih.Dense(M)

@@ -239,7 +239,7 @@ class ExactInverse(Inverse):
         xp = self.operator.xp
         parts = []
         for sl in row_chunks(int(G.shape[0]), rows_per_chunk(self.size, chunk_size)):
-            Y = Bk.solve_lower(xp, self.fac.L, G[sl, :].T)
+            Y = Bk.solve_triangular(xp, self.fac.L, G[sl, :].T)
             parts.append(xp.sum(Y * Y, axis=0))
         self._closed_form_policy(policy, results, "quad_diag")
         return _done(xp.concat(parts, axis=0), progress)

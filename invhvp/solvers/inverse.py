@@ -135,7 +135,15 @@ class Inverse:
         if lo is None:
             return None
         lam = self.damping if not isinstance(self.damping, tuple) else min(self.damping)
-        v = lo + lam - 10.0 * Bk.eps(self.operator.dtype) * self.norm_estimate_for_check()
+        return self._less_rounding(lo + lam)
+
+    def _less_rounding(self, lower: float) -> float | None:
+        """``lower − 10·u·‖A + λI‖`` when positive, else ``None`` (docs/theory.md §7).
+
+        The one rounding allowance of every ``lam_lower``: data rounded to precision ``u`` can
+        move the damped operator's lower end by about ``u·‖A + λI‖``; 10× covers the products.
+        """
+        v = float(lower) - 10.0 * Bk.eps(self.operator.dtype) * self.norm_estimate_for_check()
         return v if v > 0.0 else None
 
     def norm_estimate_for_check(self) -> float:

@@ -229,8 +229,7 @@ class LissaInverse(Inverse):
         """``λ + s`` (``s``: the operator's or the certified lower end), less the rounding allowance."""
         if self.plan is None:
             return None
-        lo = self.lam_eff - 10.0 * Bk.eps(self.operator.dtype) * self.norm_estimate_for_check()
-        return lo if lo > 0 else None
+        return self._less_rounding(self.lam_eff)
 
     # ----------------------------------------------------------------- iteration
     def _apply(self, V):
