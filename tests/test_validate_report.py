@@ -279,3 +279,56 @@ def test_hessian_study_below_the_lower_end_says_indefinite():
     }
     text = lissa_paragraph(meta)
     assert "H + λI is indefinite (λ + λ_min ≤ 0)" in text and "B* = inf" not in text
+
+
+def test_datainf_bounds_series_keep_their_colour_and_say_when_not_computed(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+
+    from invhvp.validate.plots_theory import datainf_figure
+
+    def row(setting, d, intermediate):
+        return {
+            "setting": setting,
+            "d": d,
+            "damping": 0.5,
+            "true_error": 1.0,
+            "spectral": 1.2,
+            "spectral_ratio": 1.2,
+            "intermediate": intermediate,
+            "certificate": 10.0,
+            "paper_bound": 100.0,
+        }
+
+    rows = [row("a", 8, 5.0), row("a", 16, 6.0), row("b", 8, None), row("b", 16, float("nan"))]
+    captured = {}
+    real_close = plt.close
+
+    def keep(fig=None):  # look at the figure before the plotting code closes it
+        captured["fig"] = fig if fig is not None else plt.gcf()
+
+    plt.close = keep
+    try:
+        datainf_figure(plt, rows, ["a", "b"], tmp_path / "bounds.png", [])
+    finally:
+        plt.close = real_close
+    assert (tmp_path / "bounds.png").exists()
+    axes = captured["fig"].axes
+    legends = [
+        {t.get_text(): h for t, h in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
+        for ax in axes
+    ]
+    # panel b has no intermediate values: its legend says so, panel a's does not
+    assert not any("not computed" in t for t in legends[0])
+    assert any(t.startswith("intermediate") and "not computed" in t for t in legends[1])
+
+    def colour(leg, prefix):
+        h = next(h for t, h in leg.items() if t.startswith(prefix))
+        return mcolors.to_hex(h.get_facecolor()[0])
+
+    for prefix in ("true error", "spectral", "intermediate", "computable", "paper"):
+        assert colour(legends[0], prefix) == colour(legends[1], prefix), prefix
+    real_close(captured["fig"])

@@ -95,12 +95,13 @@ def _finite(v) -> bool:
         return False
 
 
+# (key, marker, colour: the same in every panel, label)
 _DATAINF_SERIES = (
-    ("true_error", "o", "true error ‖S̄⁻¹ − R‖₂ (exact, n×n row space)"),
-    ("spectral", "D", "spectral certificate λ_max(R) − 1/(λ+μ̄) (§4)"),
-    ("intermediate", "^", "intermediate bound (1/(nλ³)) Σ‖g_i g_iᵀ − G‖₂² (§4)"),
-    ("certificate", "s", "computable certificate (1/(nλ³))Σmax(‖g_i‖², λ_max)²"),
-    ("paper_bound", "x", "paper's 2M²d²/λ³ (Kwon et al. Thm 1)"),
+    ("true_error", "o", "C0", "true error ‖S̄⁻¹ − R‖₂ (exact, n×n row space)"),
+    ("spectral", "D", "C1", "spectral certificate λ_max(R) − 1/(λ+μ̄) (§4)"),
+    ("intermediate", "^", "C2", "intermediate bound (1/(nλ³)) Σ‖g_i g_iᵀ − G‖₂² (§4)"),
+    ("certificate", "s", "C3", "computable certificate (1/(nλ³))Σmax(‖g_i‖², λ_max)²"),
+    ("paper_bound", "x", "C4", "paper's 2M²d²/λ³ (Kwon et al. Thm 1)"),
 )
 
 
@@ -110,12 +111,22 @@ def datainf_figure(plt, datainf_rows, settings, path, manifest):
     for ax, setting in zip(axes[0], settings):
         sub = [r for r in datainf_rows if r["setting"] == setting]
         ratios = [r["spectral_ratio"] for r in sub if _finite(r.get("spectral_ratio"))]
-        for key, mk, label in _DATAINF_SERIES:
+        for key, mk, color, label in _DATAINF_SERIES:
             if key == "spectral" and ratios:
                 label += f"; ÷ true error {min(ratios):.2f}–{max(ratios):.2f}"
             pts = [(r["d"], r["damping"] * r[key]) for r in sub if _finite(r.get(key)) and r[key] > 0]
+            if not pts:  # say so in the legend instead of leaving the series out silently
+                ax.scatter(
+                    [],
+                    [],
+                    marker=mk,
+                    color=color,
+                    alpha=0.3,
+                    s=22,
+                    label=f"{label}: not computed (too costly)",
+                )
             if pts:
-                ax.scatter(*zip(*pts), marker=mk, label=label, s=22, alpha=0.8)
+                ax.scatter(*zip(*pts), marker=mk, color=color, label=label, s=22, alpha=0.8)
                 manifest += [
                     {
                         "figure": Path(path).name,
@@ -140,7 +151,7 @@ def datainf_figure(plt, datainf_rows, settings, path, manifest):
         extra = f"; true error not computed on {missing} blocks (min(n, d_l) too large)" if missing else ""
         ax.set_title(f"DataInf per-block error vs bounds — {setting}{extra}", fontsize=10)
         ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, framealpha=0.9)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, framealpha=0.9)
     fig.text(0.01, 0.005, "Bounds: docs/theory.md §4; every bound must lie above the true error.", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
