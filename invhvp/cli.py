@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             "solvers on a LoRA MLP (scikit-learn digits) and a LoRA MiniLM text classifier, with "
             "20 percent of the training labels flipped. Writes report.md, CSV/JSON tables and PNG "
             "plots. The expected duration is printed before the run starts (--estimate prints only "
-            "that): about 3-4 minutes for --quick and about 2 hours for --full on an idle 2-core "
+            "that): about 3-4 minutes for --quick and about 1.5 hours for --full on an idle 2-core "
             "machine (validation/README.md)."
         ),
     )
