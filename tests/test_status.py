@@ -333,6 +333,29 @@ def test_cg_tolerance_below_attainable_accuracy_is_not_success(dt, rtol):
     assert "below what" in res.info["advice"]
 
 
+@pytest.mark.parametrize("rtol", [1e-4, 1e-5])
+def test_float32_cg_verifies_tight_tolerances_with_a_float64_residual(rtol):
+    # κ = 1e3 and ‖x‖ ≈ 1e3‖b‖: a float32 residual's rounding (≈ 1e-4‖b‖) could not verify these
+    # tolerances, a float64 residual of the float32 data can (docs/theory.md §7.2)
+    rng = np.random.default_rng(5)
+    Q, _ = np.linalg.qr(rng.standard_normal((200, 200)))
+    A = (Q * np.geomspace(1.0, 1e-3, 200)) @ Q.T
+    A = ((A + A.T) / 2).astype(np.float32)
+    B = rng.standard_normal((200, 4)).astype(np.float32)
+    res = ih.solve(ih.Dense(A), B, ih.CG(rtol=rtol), damping=1e-4, on_failure="ignore")
+    A64, X64, B64 = A.astype(np.float64), res.x.astype(np.float64), B.astype(np.float64)
+    true = np.linalg.norm(B64 - (A64 @ X64 + 1e-4 * X64), axis=0) / np.linalg.norm(B64, axis=0)
+    assert res.status is Status.SUCCESS and res.info["check_precision"] == "float64"
+    assert np.all(true <= rtol)
+    np.testing.assert_allclose(res.residual_norm / np.linalg.norm(B64, axis=0), true, rtol=1e-6)
+    # without float64 products (MatrixFree) the check stays in float32 and claims nothing it cannot see
+    mf = ih.MatrixFree(lambda v: A @ v, 200, np.float32, matmat=lambda V: A @ V)
+    res32 = ih.solve(mf, B, ih.CG(rtol=rtol), damping=1e-4, on_failure="ignore")
+    assert "check_precision" not in res32.info
+    t32 = np.linalg.norm(B64 - (A64 @ res32.x.astype(np.float64) + 1e-4 * res32.x.astype(np.float64)), axis=0)
+    assert res32.status is not Status.SUCCESS or np.all(t32 <= rtol * np.linalg.norm(B64, axis=0))
+
+
 def test_error_bound_covers_the_products_rounding():
     rng = np.random.default_rng(120)
     Q, _ = np.linalg.qr(rng.standard_normal((3, 3)))

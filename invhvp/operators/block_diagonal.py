@@ -71,10 +71,11 @@ class BlockDiagonal(Operator):
         """Split rows of ``V`` (``(d,)`` or ``(d, k)``) into one piece per block."""
         return [V[s, ...] for s in self.slices()]
 
-    def per_coordinate(self, values):
-        """A length-``d`` array repeating ``values[l]`` over block ``l``'s coordinates."""
+    def per_coordinate(self, values, dtype=None):
+        """A length-``d`` array repeating ``values[l]`` over block ``l``'s coordinates (``dtype``: the operator's)."""
         xp = self._xp
-        parts = [xp.full((b.size,), float(v), dtype=self._dtype, device=self._device) for b, v in zip(self.blocks, values)]
+        dt = self._dtype if dtype is None else dtype
+        parts = [xp.full((b.size,), float(v), dtype=dt, device=self._device) for b, v in zip(self.blocks, values)]
         return xp.concat(parts, axis=0)
 
     def _matmat(self, V):

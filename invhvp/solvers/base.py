@@ -57,7 +57,9 @@ class Outcome:
     """What an inverse's ``_apply`` returns for a ``(d, k)`` right-hand side.
 
     ``residual``, when the solver computed the true residual ``B − (A + λI)X`` itself
-    (CG does, to restart), saves the front end a product.
+    (CG does, to restart), saves the front end a product; ``residual_u`` is the unit roundoff
+    it was computed in when that is finer than the operator's dtype (a float64 residual of a
+    float32 solve), and sets the check's rounding allowance.
     """
 
     x: Any
@@ -66,6 +68,7 @@ class Outcome:
     info: dict = field(default_factory=dict)
     residual: Any = None
     check_matvec: int = 0
+    residual_u: float | None = None
 
 
 class Solver(abc.ABC):

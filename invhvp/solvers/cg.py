@@ -14,11 +14,14 @@ from .. import _checks as C
 from .._arrays import as_generator, col_norms64
 from ..errors import InputError, NonFiniteError, ShapeError
 from ..result import Status
+from ._columns import scatter as _scatter
+from ._columns import take as _take
 from .base import Counted, Outcome, Solver
 from .curvature import lower_end, nonpositive_advice
 from .inverse import Inverse
 from .precond import Fixed, as_preconditioner
 from .products import fast_operator
+from .refine import EPS64, residual64
 
 __all__ = ["CG", "CGInverse"]
 
@@ -32,7 +35,9 @@ class CG(Solver):
 
     **Stopping rule and status** (docs/theory.md §7), per column ``j``: the recursive
     residual must reach ``tol_j/2`` with ``tol_j = max(rtol·‖b_j‖, atol)``; then the *true*
-    residual ``b − (A + λI)x`` is computed, and a column whose true residual misses ``tol_j/2``
+    residual ``b − (A + λI)x`` is computed (in float64 for a float32 operator with float64
+    products, such as Dense and LowRankPlusIdentity: ``info["check_precision"]``, so that
+    tolerances near float32's precision can be verified), and a column whose true residual misses ``tol_j/2``
     restarts from its iterate (at most ``max_restarts`` times, within ``maxiter``).  SUCCESS
     only when every column's true residual plus its rounding allowance ``δ_j`` meets ``tol_j``
     (INACCURATE when ``δ_j`` alone makes that impossible: the tolerance is below what the
@@ -213,25 +218,32 @@ class CGInverse(Inverse):
         history = [] if s.record_history else None
         # CG is linear in b: run it on unit-norm columns (norms in float64), so that entries near
         # 1e±30 in float32 neither underflow nor overflow when squared; scale back at the end
+        # (scaled by powers of two, so that scaling back is exact: the residual of the unit-norm
+        # solve, times the scale, is the residual of the returned solution)
         bn = col_norms64(B)
-        sc = np.where(bn > 0, bn, 1.0)
+        sc = np.where(bn > 0, np.exp2(np.round(np.log2(np.where(bn > 0, bn, 1.0)))), 1.0)
         scale = xp.asarray(sc, dtype=B.dtype, device=Bk.device_of(B))[None, :]
         B = B / scale
         X = None if X is None else X / scale
         # iterate to half the tolerance, so that the check's rounding allowance fits (docs/theory.md §7.4)
-        tol = xp.asarray(
-            0.5 * np.maximum(s.rtol * (bn > 0), s.atol / sc), dtype=B.dtype, device=Bk.device_of(B)
-        )
+        tol_h = 0.5 * np.maximum(s.rtol * (bn > 0) * (bn / sc), s.atol / sc)
+        tol = xp.asarray(tol_h, dtype=B.dtype, device=Bk.device_of(B))
         R = B if X is None else B - (self._prod.matmat(X) + lam * X)
         X = xp.zeros((d, k), dtype=B.dtype, device=Bk.device_of(B)) if X is None else X
-        total, restarts, cols = 0, 0, np.arange(k)
+        # float32 with float64 products available: the true residual in float64 (docs/theory.md §7.2)
+        lam64 = self._lam_array(float64=True) if Bk.eps(op.dtype) > 1e-10 else None
+        total, restarts, cols, R64 = 0, 0, np.arange(k), None
         while True:
             X, used = self._iterate(X, R, lam, tol, cols, status, iters, history, maxiter - total, (scale, sc))
             total += used
             # the true residual: the claim a status makes (docs/theory.md §7)
-            R = B - (op._matmat(X) + lam * X)
-            rn = Bk.to_host(xp.linalg.vector_norm(R, axis=0))
-            miss = ~(rn <= Bk.to_host(tol)) & np.array([st is Status.SUCCESS for st in status])
+            R64 = None if lam64 is None else residual64(op, lam64, B, X)
+            if R64 is None:
+                R = B - (op._matmat(X) + lam * X)
+                rn = Bk.to_host(xp.linalg.vector_norm(R, axis=0))
+            else:
+                R, rn = xp.astype(R64, B.dtype), col_norms64(R64)
+            miss = ~(rn <= tol_h) & np.array([st is Status.SUCCESS for st in status])
             if not miss.any() or restarts >= s.max_restarts or total >= maxiter:
                 status[miss] = Status.MAX_ITER if total >= maxiter else Status.INACCURATE
                 break
@@ -239,7 +251,11 @@ class CGInverse(Inverse):
             self._counted.add(k)  # that residual is the restart's, not the final check: solver work
             cols = np.flatnonzero(miss)
             status[cols] = Status.MAX_ITER
-        X, R = X * scale, R * scale
+        X = X * scale
+        if R64 is None:
+            R, r_u = R * scale, None
+        else:
+            R, r_u = R64 * xp.asarray(sc, dtype=xp.float64, device=Bk.device_of(B))[None, :], EPS64
         worst = Status.worst(status.tolist())
         info = {
             "maxiter": maxiter,
@@ -262,7 +278,9 @@ class CGInverse(Inverse):
                 "dropout: call model.eval())"
             )
         status = Status.worst([worst, self.setup_status])  # e.g. an uncertified indefinite operator
-        return Outcome(x=X, status=status, n_iter=total, info=info, residual=R, check_matvec=k)
+        if r_u is not None:
+            info["check_precision"] = "float64"
+        return Outcome(x=X, status=status, n_iter=total, info=info, residual=R, check_matvec=k, residual_u=r_u)
 
     def _iterate(self, X, R, lam, tol, cols, status, iters, history, budget, scales):
         """CG on columns ``cols`` of ``X`` from residual ``R`` (restart); updates status/iters in place.
@@ -339,44 +357,18 @@ class CGInverse(Inverse):
         tol = np.maximum(s.rtol * chk.b, s.atol)
         if np.all(chk.r + chk.delta <= tol):
             return Status.SUCCESS, {}
-        if np.all(chk.r <= tol):
-            worst = float(np.max(chk.delta / np.maximum(chk.b, 1e-300)))
+        # the residual a solution rounded to the working precision can attain (docs/theory.md §7.2)
+        floor = Bk.eps(self.operator.dtype) * (chk.b + self.norm_estimate_for_check() * chk.x)
+        if np.all((chk.r <= tol) | (chk.r <= 10.0 * floor)):
+            worst = float(np.max(np.maximum(chk.delta, floor) / np.maximum(chk.b, 1e-300)))
             return Status.INACCURATE, {
                 "advice": (
-                    f"the tolerance is below what {self.operator.dtype} can verify: the residual's rounding "
-                    f"error is about {worst:.2g}·‖b‖ (docs/theory.md §7.2); loosen rtol/atol, add damping, "
-                    "or use float64"
+                    f"the tolerance is below what {self.operator.dtype} can attain or verify: the residual's "
+                    f"rounding error is about {worst:.2g}·‖b‖ (docs/theory.md §7.2); loosen rtol/atol, add "
+                    "damping, or use float64"
                 )
             }
         return (out.status if out.status is not Status.SUCCESS else Status.INACCURATE), {}
-
-
-def _sel(xp, keep: np.ndarray, like):
-    idx = np.flatnonzero(keep)
-    if Bk.is_torch(xp):
-        import torch
-
-        return torch.as_tensor(idx, device=like.device)
-    return idx
-
-
-def _take(xp, M, keep, vec=False):
-    if keep.all():
-        return M
-    s = _sel(xp, keep, M)
-    return M[s] if vec else M[:, s]
-
-
-def _scatter(xp, X, Xa, cols):
-    if Bk.is_torch(xp):
-        import torch
-
-        X = X.clone()
-        X[:, torch.as_tensor(cols, device=X.device)] = Xa
-        return X
-    X = X.copy()
-    X[:, cols] = Xa
-    return X
 
 
 def _x0(x0, B, op):

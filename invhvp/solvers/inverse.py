@@ -155,12 +155,14 @@ class Inverse:
             self._norm_products = 6
         return self.norm_estimate
 
-    def _lam_array(self):
+    def _lam_array(self, float64: bool = False):
+        """The damping as a float, or a ``(d, 1)`` column (per-block damping), in the operator's dtype or float64."""
         if not isinstance(self.damping, tuple):
             return float(self.damping)
         if len(set(self.damping)) == 1:
             return float(self.damping[0])
-        return self.operator.per_coordinate(self.damping)[:, None]
+        op = self.operator
+        return op.per_coordinate(self.damping, dtype=op.xp.float64 if float64 else None)[:, None]
 
     # ----------------------------------------------------------------- solving
     def _solve2d(self, B, check: bool):
@@ -184,7 +186,8 @@ class Inverse:
             R = B - (op._matmat(X) + self._lam_array() * X)
             n_check = int(B.shape[1])
         first = getattr(self, "norm_estimate", None) is None
-        chk = Check(B, X, R, Bk.eps(op.dtype), self.norm_estimate_for_check())
+        u_chk = Bk.eps(op.dtype) if out.residual_u is None else out.residual_u
+        chk = Check(B, X, R, u_chk, self.norm_estimate_for_check())
         n_check += getattr(self, "_norm_products", 0) if first else 0
         if not np.all(np.isfinite(chk.r)):
             info.setdefault("advice", "the residual is NaN or infinite: the operator's products are not finite")

@@ -15,7 +15,10 @@ import numpy as np
 from .. import _backend as Bk
 from .._arrays import col_norms64, row_chunks
 
-__all__ = ["refined_errors", "SAFETY"]
+__all__ = ["refined_errors", "residual64", "SAFETY", "EPS64"]
+
+#: unit roundoff of float64: the precision of a residual from :func:`residual64`
+EPS64 = 2.0**-53
 
 #: factor on the first-order estimate (the correction is itself computed with relative error ~κu)
 SAFETY = 2.0
@@ -29,11 +32,9 @@ def refined_errors(op, lam: float, apply, B, X, *, max_columns: int = 256, resid
     k = int(B.shape[1])
     out = []
     for sl in row_chunks(k, max_columns):
-        X64 = xp.astype(X[:, sl], xp.float64)
-        AX = op.matmat64(X64)
-        if AX is None:
+        R64 = _residual64(op, lam, B[:, sl], X[:, sl])
+        if R64 is None:
             return None
-        R64 = xp.astype(B[:, sl], xp.float64) - (AX + lam * X64)
         if residuals is not None:
             residuals.append(R64)
         rn = col_norms64(R64)
@@ -44,3 +45,27 @@ def refined_errors(op, lam: float, apply, B, X, *, max_columns: int = 256, resid
         xn = col_norms64(X[:, sl])
         out.append(SAFETY * en / np.maximum(xn, 1e-300) + Bk.eps(op.dtype))
     return np.concatenate(out)
+
+
+def _residual64(op, lam, B, X):
+    X64 = op.xp.astype(X, op.xp.float64)
+    AX = op.matmat64(X64)
+    return None if AX is None else op.xp.astype(B, op.xp.float64) - (AX + lam * X64)
+
+
+def residual64(op, lam, B, X, *, max_columns: int = 256):
+    """The true residual ``B − (A + λI)X`` computed in float64 from the operator's structure.
+
+    ``lam``: a float or a float64 ``(d, 1)`` column of per-coordinate damping.  ``None`` when
+    ``op`` has no float64 products (``Operator.matmat64``).  For a float32 solve its rounding
+    error is about ``2⁻⁵³·‖A + λI‖·‖x‖`` instead of ``2⁻²⁴·…``, so a check against it can verify
+    tolerances near float32's own precision (docs/theory.md §7.2).  Costs one float64 product.
+    """
+    k = int(B.shape[1])
+    parts = []
+    for sl in row_chunks(k, max_columns):
+        R64 = _residual64(op, lam, B[:, sl], X[:, sl])
+        if R64 is None:
+            return None
+        parts.append(R64)
+    return parts[0] if len(parts) == 1 else op.xp.concat(parts, axis=1)
