@@ -245,7 +245,10 @@ class CGInverse(Inverse):
                 R, rn = xp.astype(R64, B.dtype), col_norms64(R64)
             miss = ~(rn <= tol_h) & np.array([st is Status.SUCCESS for st in status])
             if not miss.any() or restarts >= s.max_restarts or total >= maxiter:
-                status[miss] = Status.MAX_ITER if total >= maxiter else Status.INACCURATE
+                # out of restarts: a column between tol/2 and tol still meets the tolerance; the
+                # check decides it with the residual's rounding allowance
+                fail = miss & ~(rn <= 2.0 * tol_h)
+                status[fail] = Status.MAX_ITER if total >= maxiter else Status.INACCURATE
                 break
             restarts += 1
             self._counted.add(k)  # that residual is the restart's, not the final check: solver work
