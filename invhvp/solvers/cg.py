@@ -227,18 +227,18 @@ class CGInverse(Inverse):
         X = None if X is None else X / scale
         # iterate to half the tolerance, so that the check's rounding allowance fits (docs/theory.md §7.4)
         tol_h = 0.5 * np.maximum(s.rtol * (bn > 0) * (bn / sc), s.atol / sc)
-        tol = xp.asarray(tol_h, dtype=B.dtype, device=Bk.device_of(B))
         R = B if X is None else B - (self._prod.matmat(X) + lam * X)
         X = xp.zeros((d, k), dtype=B.dtype, device=Bk.device_of(B)) if X is None else X
         # float32 with float64 products available: the true residual in float64 (docs/theory.md §7.2)
         lam64 = self._lam_array(float64=True) if Bk.eps(op.dtype) > 1e-10 else None
         total, restarts, cols, R64 = 0, 0, np.arange(k), None
         while True:
-            X, used = self._iterate(X, R, lam, tol, cols, status, iters, history, maxiter - total, (scale, sc))
+            X, used = self._iterate(X, R, lam, tol_h, cols, status, iters, history, maxiter - total, (scale, sc))
             total += used
             # the true residual: the claim a status makes (docs/theory.md §7)
             R64 = None if lam64 is None else residual64(op, lam64, B, X)
-            if R64 is None:
+            if R64 is None:  # no float64 products (e.g. MatrixFree): the residual in working precision
+                lam64 = None
                 R = B - (op._matmat(X) + lam * X)
                 rn = Bk.to_host(xp.linalg.vector_norm(R, axis=0))
             else:
@@ -285,7 +285,7 @@ class CGInverse(Inverse):
             info["check_precision"] = "float64"
         return Outcome(x=X, status=status, n_iter=total, info=info, residual=R, check_matvec=k, residual_u=r_u)
 
-    def _iterate(self, X, R, lam, tol, cols, status, iters, history, budget, scales):
+    def _iterate(self, X, R, lam, tol_h, cols, status, iters, history, budget, scales):
         """CG on columns ``cols`` of ``X`` from residual ``R`` (restart); updates status/iters in place.
 
         Works on unit-norm columns; ``scales`` = (device row vector, host vector) of the column
@@ -296,7 +296,7 @@ class CGInverse(Inverse):
         idx = np.asarray(cols)
         keep = np.zeros(X.shape[1], dtype=bool)
         keep[idx] = True
-        Ra, Xa, tola_h = _take(xp, R, keep), _take(xp, X, keep), Bk.to_host(tol)[keep]
+        Ra, Xa, tola_h = _take(xp, R, keep), _take(xp, X, keep), tol_h[keep]
         rn = Bk.to_host(xp.linalg.vector_norm(Ra, axis=0))
         done = rn <= tola_h
         status[idx[done]] = Status.SUCCESS

@@ -24,33 +24,22 @@ EPS64 = 2.0**-53
 SAFETY = 2.0
 
 
-def refined_errors(op, lam: float, apply, B, X, *, max_columns: int = 256, residuals=None):
-    """Estimated relative forward error ``‖x − x*‖/‖x‖`` per column, or ``None`` when ``op`` has no
-    float64 products.  Columns are processed ``max_columns`` at a time; when ``residuals`` is a
-    list, the float64 residual blocks are appended to it (the solve's check reuses them)."""
+def refined_errors(op, apply, R64, X, *, max_columns: int = 256):
+    """Estimated relative forward error ``‖x − x*‖/‖x‖`` per column, from the float64 residual
+    ``R64`` of ``X`` (:func:`residual64`): one correction with the working-precision ``apply``,
+    ``max_columns`` columns at a time."""
     xp = op.xp
-    k = int(B.shape[1])
     out = []
-    for sl in row_chunks(k, max_columns):
-        R64 = _residual64(op, lam, B[:, sl], X[:, sl])
-        if R64 is None:
-            return None
-        if residuals is not None:
-            residuals.append(R64)
-        rn = col_norms64(R64)
+    for sl in row_chunks(int(X.shape[1]), max_columns):
+        R = R64[:, sl]
+        rn = col_norms64(R)
         sc = np.where(rn > 0, rn, 1.0)
-        scale = xp.asarray(sc, dtype=xp.float64, device=Bk.device_of(B))[None, :]
-        E = apply(xp.astype(R64 / scale, op.dtype))  # unit columns: no float32 underflow
+        scale = xp.asarray(sc, dtype=xp.float64, device=Bk.device_of(X))[None, :]
+        E = apply(xp.astype(R / scale, op.dtype))  # unit columns: no float32 underflow
         en = col_norms64(E) * sc
         xn = col_norms64(X[:, sl])
         out.append(SAFETY * en / np.maximum(xn, 1e-300) + Bk.eps(op.dtype))
     return np.concatenate(out)
-
-
-def _residual64(op, lam, B, X):
-    X64 = op.xp.astype(X, op.xp.float64)
-    AX = op.matmat64(X64)
-    return None if AX is None else op.xp.astype(B, op.xp.float64) - (AX + lam * X64)
 
 
 def residual64(op, lam, B, X, *, max_columns: int = 256):
@@ -61,11 +50,12 @@ def residual64(op, lam, B, X, *, max_columns: int = 256):
     error is about ``2⁻⁵³·‖A + λI‖·‖x‖`` instead of ``2⁻²⁴·…``, so a check against it can verify
     tolerances near float32's own precision (docs/theory.md §7.2).  Costs one float64 product.
     """
-    k = int(B.shape[1])
+    xp = op.xp
     parts = []
-    for sl in row_chunks(k, max_columns):
-        R64 = _residual64(op, lam, B[:, sl], X[:, sl])
-        if R64 is None:
+    for sl in row_chunks(int(B.shape[1]), max_columns):
+        X64 = xp.astype(X[:, sl], xp.float64)
+        AX = op.matmat64(X64)
+        if AX is None:
             return None
-        parts.append(R64)
-    return parts[0] if len(parts) == 1 else op.xp.concat(parts, axis=1)
+        parts.append(xp.astype(B[:, sl], xp.float64) - (AX + lam * X64))
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
