@@ -61,21 +61,25 @@ def row_sq_norms(U, *, dtype=None, chunk_rows=None):
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
-def col_norms64(X) -> np.ndarray:
-    """Column norms of a 2-D ``X`` as a float64 host array (length ``k``).
+def col_dots64(X, Y) -> np.ndarray:
+    """Column dot products ``Σ_i X_ij Y_ij`` of two 2-D arrays as a float64 host array (length ``k``).
 
-    Computed in float64 over row chunks, so float32 entries near 1e±30 neither overflow
-    nor underflow when squared; only the ``k`` norms leave the device.
+    Computed in float64 over row chunks (no full float64 copy of ``X`` or ``Y``), so float32
+    entries near 1e±30 neither overflow nor underflow; only the ``k`` sums leave the device.
     """
     xp = Bk.namespace(X)
-    d, k = X.shape
-    c = rows_per_chunk(k)
     acc = None
-    for sl in row_chunks(int(d), c):
+    for sl in row_chunks(int(X.shape[0]), rows_per_chunk(2 * int(X.shape[1]))):
         V = xp.astype(X[sl, :], xp.float64)
-        s = xp.sum(V * V, axis=0)
+        W = V if Y is X else xp.astype(Y[sl, :], xp.float64)
+        s = xp.sum(V * W, axis=0)
         acc = s if acc is None else acc + s
-    return np.sqrt(Bk.to_host(acc, np.float64))
+    return Bk.to_host(acc, np.float64)
+
+
+def col_norms64(X) -> np.ndarray:
+    """Column norms of a 2-D ``X`` as a float64 host array (length ``k``): ``sqrt(col_dots64(X, X))``."""
+    return np.sqrt(col_dots64(X, X))
 
 
 def as_generator(rng) -> np.random.Generator:

@@ -145,6 +145,7 @@ def test_help_is_formatted_and_lists_the_new_options(capsys):
         (["--minilm-n-train", "4000"], "--minilm-n-train"),
         (["--minilm-ranks", "0"], "--minilm-ranks"),
         (["--no-minilm", "--minilm-ranks", "1"], "--minilm-ranks"),
+        (["--ranks", "1,1"], "--ranks"),  # a repeated rank used to crash the progress plan
     ],
 )
 def test_bad_options_are_errors_naming_the_option(argv, names, capsys):

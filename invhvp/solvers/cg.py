@@ -18,7 +18,7 @@ from ._columns import scatter as _scatter
 from ._columns import take as _take
 from .base import Counted, Outcome, Solver
 from .curvature import lower_end, nonpositive_advice
-from .inverse import Inverse
+from .inverse import Inverse, smallest_damping
 from .precond import Fixed, as_preconditioner
 from .products import fast_operator
 from .refine import EPS64, residual64
@@ -147,7 +147,7 @@ class CG(Solver):
         op = counted.op
         lower = None
         if not op.psd:
-            lam = min(damping) if isinstance(damping, tuple) else float(damping)
+            lam = smallest_damping(damping)
             lower = lower_end(
                 counted,
                 lam,
@@ -191,7 +191,7 @@ class CGInverse(Inverse):
         if lower is not None:
             self.info["lower_end"] = lower
             if not lower["certified"]:
-                lam = min(damping) if isinstance(damping, tuple) else float(damping)
+                lam = smallest_damping(damping)
                 self.setup_status = Status.NONPOSITIVE_CURVATURE
                 self.info["advice"] = nonpositive_advice(lower, lam, "CG")
                 if solver.preconditioner is not None:
@@ -202,7 +202,7 @@ class CGInverse(Inverse):
     def lam_lower(self) -> float | None:
         if self.lower is None:
             return super().lam_lower()
-        lam = min(self.damping) if isinstance(self.damping, tuple) else float(self.damping)
+        lam = smallest_damping(self.damping)
         if not self.lower["certified"]:
             return None
         return self._less_rounding(self.lower["lower"] + lam)  # the estimated lower end

@@ -28,6 +28,11 @@ __all__ = ["Inverse", "Check", "FAILURE_POLICIES", "check_rhs"]
 FAILURE_POLICIES = ("raise", "warn", "ignore")
 
 
+def smallest_damping(damping) -> float:
+    """``λ`` of a scalar damping, the smallest ``λ_l`` of a per-block tuple (what a lower bound uses)."""
+    return float(min(damping)) if isinstance(damping, tuple) else float(damping)
+
+
 class Check:
     """Float64 column norms of a solve: ``‖b‖``, ``‖x‖``, ``‖r‖`` and the rounding allowance.
 
@@ -134,7 +139,7 @@ class Inverse:
         lo = self.operator.eig_lower()
         if lo is None:
             return None
-        lam = self.damping if not isinstance(self.damping, tuple) else min(self.damping)
+        lam = smallest_damping(self.damping)
         return self._less_rounding(lo + lam)
 
     def _less_rounding(self, lower: float) -> float | None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _backend as Bk
 from .. import _checks as C
-from .._arrays import as_generator, col_norms64, row_chunks, rows_per_chunk
+from .._arrays import as_generator, col_dots64, col_norms64
 from ..errors import InputError, UnsupportedOperatorError
 from ..operators import MatrixFree
 from ..result import Status
@@ -267,7 +267,7 @@ class LissaInverse(Inverse):
                 status = Status.DIVERGED
                 break
             if Bsz is None and t > 1:  # full batch: ‖r_t‖_{P⁻¹} never grows for η <= 2/λ_max(M) ...
-                rn = col_norms64(G) if prec is None else np.sqrt(np.maximum(_col_dots64(G, Z), 0.0))
+                rn = col_norms64(G) if prec is None else np.sqrt(np.maximum(col_dots64(G, Z), 0.0))
                 # ... beyond the rounding noise of computing it, u·(‖v‖ + (λ_max + λ)‖u‖)
                 floor = 100.0 * u * (vnorm + (self.L + self.lam_eff) * nrm)
                 if best_r is not None and np.any((rn > 2.0 * best_r) & (rn > floor)):
@@ -309,13 +309,3 @@ class LissaInverse(Inverse):
             )
             return Status.INACCURATE, info
         return Status.SUCCESS, info
-
-
-def _col_dots64(X, Y) -> np.ndarray:
-    """Column dot products ``Σ_i X_ij Y_ij`` in float64 (host, length ``k``), over row chunks."""
-    xp = Bk.namespace(X)
-    acc = None
-    for sl in row_chunks(int(X.shape[0]), rows_per_chunk(2 * int(X.shape[1]))):
-        part = xp.sum(xp.astype(X[sl, :], xp.float64) * xp.astype(Y[sl, :], xp.float64), axis=0)
-        acc = part if acc is None else acc + part
-    return Bk.to_host(acc, np.float64)

@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _backend as Bk
 from .. import _checks as C
-from .._arrays import as_generator, col_norms64, random_matrix
+from .._arrays import as_generator, col_dots64, col_norms64, random_matrix
 from ..errors import DampingError, UnsupportedOperatorError
 from ..result import Status
 from .base import Counted, Outcome, Solver
@@ -162,9 +161,9 @@ class NystromInverse(Inverse):
         """``β = sqrt(rᵀ(Ĥ + (μ − ν)I)⁻¹r/μ)`` per column (float64 host), or ``‖r‖/μ`` when ``μ <= ν``."""
         if not self._bound_mu > 0.0:
             return col_norms64(R) / self.mu
-        a, xp = self.approx, self.operator.xp
+        a = self.approx
         S = a.apply_function(R, 1.0 / (a.values_dev + self._bound_mu), 1.0 / self._bound_mu)
-        q = Bk.to_host(xp.sum(xp.astype(R, xp.float64) * xp.astype(S, xp.float64), axis=0), np.float64)
+        q = col_dots64(R, S)
         return np.sqrt(np.maximum(q, 0.0) / self.mu)
 
     def _relative(self, X, R, beta=None):

@@ -29,6 +29,7 @@ from .. import _checks as C
 from .._arrays import as_generator
 from ..errors import UnsupportedOperatorError
 from .base import Counted
+from .inverse import smallest_damping
 from .precond import Applied, Preconditioner
 from .sketch import MAX_MEMORY, default_max_rank, nystrom
 
@@ -129,7 +130,7 @@ class NystromPreconditioner(Preconditioner):
 
     def build_with_lower(self, op, damping, rng=None, eig_lower=None) -> NystromApplied:
         """Build for ``op + damping·I``; ``eig_lower`` is required when ``op.psd`` is False."""
-        lam = min(damping) if isinstance(damping, tuple) else float(damping)
+        lam = smallest_damping(damping)
         if op.psd:
             s = float(op.eig_lower() or 0.0)
         elif eig_lower is not None:

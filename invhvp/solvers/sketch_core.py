@@ -14,16 +14,6 @@ from ..errors import NonFiniteError, NotPositiveDefiniteError
 __all__ = ["Sketch"]
 
 
-def _gram64(X, Y):
-    """``XᵀY`` accumulated in float64 over row chunks (on the device)."""
-    xp = Bk.namespace(X)
-    acc = None
-    for sl in row_chunks(int(X.shape[0]), rows_per_chunk(int(X.shape[1]) + int(Y.shape[1]))):
-        part = xp.astype(X[sl, :], xp.float64).T @ xp.astype(Y[sl, :], xp.float64)
-        acc = part if acc is None else acc + part
-    return acc
-
-
 def _sym(M):
     return (M + M.T) / 2
 

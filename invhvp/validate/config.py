@@ -76,11 +76,6 @@ class ValidateConfig:
     threads: int | None = None
     seed: int = 0
 
-    @property
-    def n_queries(self) -> int:
-        """Queries timed per method and problem: the average test gradient and ``n_pairs`` test points."""
-        return 1 + int(self.n_pairs)
-
 
 def preset(mode: str, **overrides) -> ValidateConfig:
     """The configuration of a named mode (``"quick"``, ``"full"``, ``"smoke"``), with overrides.
@@ -187,5 +182,7 @@ def check_config(cfg: ValidateConfig) -> None:
     ):
         if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ranks):
             raise InputError(f"{flag} ({field_}): expected positive integers, got {list(ranks)!r}")
+        if len(set(ranks)) != len(ranks):
+            raise InputError(f"{flag} ({field_}): each rank once, got {list(ranks)!r}")
     if not cfg.ranks:
         raise InputError("--ranks (ranks): at least one digits rank")

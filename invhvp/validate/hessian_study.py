@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from ..damping import DEFAULT_FACTOR
+
 __all__ = ["lissa_batch_rows_hessian"]
 
 
@@ -102,7 +104,7 @@ def lissa_batch_rows_hessian(
     steps = int(max(steps, math.ceil(math.log(0.01) / math.log1p(-eta * lam_eff))))
     v = np.concatenate([g.mean(axis=0) for g in problem.test_grads])
     u_star = np.linalg.solve(dense + lam * np.eye(H.size), v)
-    lam_def = 0.1 * float(np.trace(dense)) / H.size
+    lam_def = DEFAULT_FACTOR * float(np.trace(dense)) / H.size
     eff_def = lam_def + min(lmin, 0.0)
     meta = {
         "setting": f"{problem.setting}-hessian",

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..solvers.lissa_setup import DEFAULT_MAX_MATVEC
+
 __all__ = ["Method", "MethodRun", "default_methods", "run_method", "default_damping"]
 
 
@@ -78,7 +80,7 @@ def default_methods(
 
     d1, d2 = (200, 1000) if quick else (1000, 5000)
     L = invhvp.LiSSA
-    budget = f", budget {lissa_budget if lissa_budget else 2000} full products per column and block" + (
+    budget = f", budget {lissa_budget if lissa_budget else DEFAULT_MAX_MATVEC} full products per column and block" + (
         "" if lissa_budget else " (the solver's default)"
     )
     return [

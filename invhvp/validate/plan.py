@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..solvers.lissa_setup import DEFAULT_MAX_MATVEC
+
 __all__ = ["Item", "build_plan", "machine_gflops", "digits_block_sizes", "minilm_block_sizes", "REF_GFLOPS"]
 
 #: float64 matrix-multiply rate (GFLOP/s, best of 3 products of 384×384 matrices, 2 threads) of the
@@ -112,7 +114,7 @@ def _method_seconds(name: str, n: int, dims, q: int, budget, gf: float) -> float
         "identity": mm,
         "cg": 40 * 2 * mm,
         "cg-nystrom": sketch + 10 * 2 * mm,
-        "lissa-auto": setup + 0.5 * (2000 if budget is None else budget) * 2 * mm,
+        "lissa-auto": setup + 0.5 * (DEFAULT_MAX_MATVEC if budget is None else budget) * 2 * mm,
         "lissa-nystrom": setup + sketch + 30 * 2 * mm,
         "lissa-fb10": setup + 10 * 2 * mm,
     }

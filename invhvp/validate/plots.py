@@ -10,11 +10,10 @@ tests read instead of the images.
 
 from __future__ import annotations
 
-import math
 import textwrap
 from pathlib import Path
 
-from .plots_theory import datainf_figure, lissa_figure, short_block, value_band
+from .plots_theory import _finite, datainf_figure, lissa_figure, short_block, value_band
 
 __all__ = ["make_plots", "short_block", "PUBLISHED_POINTS", "status_kind"]
 
@@ -59,13 +58,6 @@ def status_kind(row) -> str:
     if not row.get("has_values", row.get("status") in ("ok", "max_iter", "inaccurate")):
         return "failed"
     return "ok" if row.get("status") in ("ok", "success") else "flagged"
-
-
-def _finite(v) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
 
 
 def _palette(plt, methods):
@@ -224,7 +216,7 @@ def _sizes(sub) -> str:
     return f" (n = {sub[0]['n_train']}, m = {sub[0]['n_test']})" if sub else ""
 
 
-def make_plots(out: Path, rows, datainf_rows, lissa_results, n_queries: int | None = None):
+def make_plots(out: Path, rows, datainf_rows, lissa_results):
     """Draw the report's PNG figures into ``out``.
 
     Returns
@@ -242,7 +234,7 @@ def make_plots(out: Path, rows, datainf_rows, lissa_results, n_queries: int | No
     common = {"manifest": manifest, "info": _sizes, "all_methods": [r["method"] for r in rows]}
 
     def tlabel(sub):
-        q = sub[0].get("n_queries", n_queries) if sub else n_queries
+        q = sub[0]["n_queries"] if sub else "the"  # 1 + min(n_pairs, m), recorded per row
         return f"seconds for {q} queries × n training points"
 
     figures = [

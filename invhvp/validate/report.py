@@ -129,13 +129,12 @@ def write_report(
     plots,
     runinfo,
     command,
-    n_queries,
     timings=None,
 ) -> Path:
     """Write ``report.md`` into ``out`` and return its path.
 
     ``runinfo`` holds ``threads``, ``device``, ``wall_seconds`` and ``expected_seconds``;
-    ``n_queries`` is the number of queries each method was timed on; ``timings`` the rows of
+    ``timings`` the rows of
     ``timings.csv`` (summed per phase in the report).
     """
     out = Path(out)
@@ -169,7 +168,7 @@ def write_report(
     L += [f"- `{m.name}`: {m.label}" for m in methods]
     L.append("")
     L.append("## Approximation error, mislabel detection and runtime\n")
-    qs = {r["setting"]: r.get("n_queries", n_queries) for r in rows}
+    qs = {r["setting"]: r["n_queries"] for r in rows}  # 1 + min(n_pairs, m) per setting
     timed = "queries actually timed, " + ", ".join(f"{q} for {s}" for s, q in qs.items())
     timed += (
         " (the average test gradient and the first test points, each query against all n training points)"

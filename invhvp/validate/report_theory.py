@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .plots_theory import short_block
+from .plots_theory import _finite, short_block
 
 __all__ = ["datainf_section", "lissa_section", "lissa_paragraph"]
 
@@ -11,12 +11,6 @@ def _fmt(v, digits=3):
     from .report import _fmt as f
 
     return f(v, digits)
-
-
-def _finite(v):
-    from .plots import _finite as f
-
-    return f(v)
 
 
 def datainf_section(datainf_rows) -> list[str]:

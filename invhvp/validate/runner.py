@@ -9,6 +9,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+from ..solvers.lissa_setup import DEFAULT_MAX_MATVEC
 from .config import ALL_RANKS, ValidateConfig, preset
 
 __all__ = ["ValidateConfig", "preset", "run_validation", "estimate_text"]
@@ -63,7 +64,7 @@ def _notes(cfg: ValidateConfig) -> list[str]:
             "Classic LiSSA depths are shortened (scale 10: depth 200 instead of 1000; scale 50: "
             "depth 1000 instead of 5000); `--full` runs the published depths."
         )
-    budget = cfg.lissa_budget if cfg.lissa_budget is not None else 2000
+    budget = cfg.lissa_budget if cfg.lissa_budget is not None else DEFAULT_MAX_MATVEC
     notes.append(
         f"The automatic LiSSA plans get a budget of {budget} full Gram products per right-hand side "
         "and block" + (" (the solver's default)" if cfg.lissa_budget is None else "") + "; where the plan "
@@ -215,7 +216,7 @@ def _run(run, methods, items, out, command, echo, bars, t0):
         out / "lissa_batch",
     )
     files += rep.write_table(prog.records(), out / "timings")
-    plots, manifest = rep.make_plots(out, rows, datainf_rows, lissa_results, n_queries=cfg.n_queries)
+    plots, manifest = rep.make_plots(out, rows, datainf_rows, lissa_results)
     files += plots
     (out / "plots.json").write_text(json.dumps(manifest, indent=1, default=str))
     files.append(out / "plots.json")
@@ -255,7 +256,6 @@ def _run(run, methods, items, out, command, echo, bars, t0):
         plots=plots,
         runinfo=runinfo,
         command=command,
-        n_queries=cfg.n_queries,
         timings=prog.records(),
     )
     files.append(report)
