@@ -43,15 +43,16 @@ def estimate_lambda_max(cfg, counted, gen, shift=None, lanczos=None) -> dict:
         and lanczos is not None
         and "upper" in lanczos
     ):
+        # the same margin as the Lanczos path below, applied to the shifted operator A − shift·I
         top = (
-            lanczos["upper"]
+            lanczos["upper"] - shift
             if lanczos["exact"]
-            else max(lanczos["upper"], cfg.safety * lanczos["upper_ritz"])
+            else max(lanczos["upper"] - shift, cfg.safety * (lanczos["upper_ritz"] - shift))
         )
         est.update(
-            lambda_max_upper=max(top - shift, 0.0),
-            lambda_max_source=f"the lower-end run ({lanczos['source']}), upper end: max(θ + residual, "
-            f"{cfg.safety}×θ) minus the lower end",
+            lambda_max_upper=max(top, 0.0),
+            lambda_max_source=f"the lower-end run ({lanczos['source']}), upper end of A − shift·I: "
+            f"max(θ + residual, {cfg.safety}×θ), θ the top Ritz value less the lower end",
         )
         if lanczos["exact"]:
             est["lambda_max_value"] = max(lanczos["upper_ritz"] - shift, 0.0)
